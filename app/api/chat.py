@@ -1,0 +1,109 @@
+"""Starting runs (SSE) and stopping them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from sse_starlette import EventSourceResponse
+
+from app.api.deps import check_run_id, owned_app
+from app.api.sse import event_stream
+from app.control.cancel import StopReason
+from app.control.manager import Multitask, RunRequest
+from app.control.run import CancelOutcome, OnDisconnect
+from app.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from app.services import Services
+from app.store.models import User
+
+
+class GenRequest(msgspec.Struct):
+    appId: str
+    message: str
+    runId: str | None = None
+    onDisconnect: OnDisconnect = OnDisconnect.CANCEL
+    multitask: Multitask = Multitask.INTERRUPT
+
+
+class StopRequest(msgspec.Struct):
+    runId: str
+
+
+class ChatController(Controller):
+    @get("/app/chat/gen/code")
+    async def gen_code_get(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        user: User,
+        app_id: str = Parameter(query="appId"),
+        message: str = Parameter(query="message"),
+        run_id: str | None = Parameter(query="runId", default=None),
+        on_disconnect: OnDisconnect = Parameter(query="onDisconnect", default=OnDisconnect.CANCEL),
+        multitask: Multitask = Parameter(query="multitask", default=Multitask.INTERRUPT),
+    ) -> EventSourceResponse:
+        gen = GenRequest(app_id, message, run_id, on_disconnect, multitask)
+        return await start_run(request, services, user, gen)
+
+    @post("/app/chat/gen/code", status_code=HTTP_200_OK)
+    async def gen_code_post(
+        self, request: Request[Any, Any, Any], data: GenRequest, services: Services, user: User
+    ) -> EventSourceResponse:
+        return await start_run(request, services, user, data)
+
+    @post(["/app/chat/stop", "/chat/stop"], status_code=HTTP_202_ACCEPTED)
+    async def stop(self, data: StopRequest, services: Services, user: User) -> Response[dict[str, Any]]:
+        return await stop_run(services, user, data.runId)
+
+    @post("/runs/{run_id:str}/stop", status_code=HTTP_202_ACCEPTED)
+    async def stop_by_path(self, run_id: str, services: Services, user: User) -> Response[dict[str, Any]]:
+        return await stop_run(services, user, run_id)
+
+
+async def start_run(
+    request: Request[Any, Any, Any], services: Services, user: User, gen: GenRequest
+) -> EventSourceResponse:
+    message = gen.message.strip()
+    if not message:
+        raise BadRequest("message must not be empty", code="empty_message")
+    if len(message) > services.settings.max_message_chars:
+        raise PayloadTooLarge(
+            f"message is longer than {services.settings.max_message_chars} characters",
+            code="message_too_large",
+        )
+    run_id = check_run_id(gen.runId or request.headers.get("x-request-id") or uuid.uuid4().hex)
+    await owned_app(services, user, gen.appId)
+    run = await services.manager.start(
+        RunRequest(
+            run_id=run_id,
+            app_id=gen.appId,
+            user_id=user.id,
+            message=message,
+            workspace=services.workspace(gen.appId),
+            on_disconnect=gen.onDisconnect,
+            multitask=gen.multitask,
+        )
+    )
+    return event_stream(services, run, 0, gen.onDisconnect)
+
+
+async def stop_run(services: Services, user: User, run_id: str) -> Response[dict[str, Any]]:
+    run = services.manager.get(run_id)
+    if run is None:
+        row = await services.runs.get(run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id!r}", code="run_not_found")
+        if row.user_id != user.id:
+            raise Forbidden(f"run {run_id!r} belongs to another user")
+        return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
+    if run.user_id != user.id:
+        raise Forbidden(f"run {run_id!r} belongs to another user")
+    if run.cancel(StopReason.USER_STOP) is CancelOutcome.STOPPING:
+        return Response({"runId": run_id, "status": "stopping"}, status_code=HTTP_202_ACCEPTED)
+    # Stopped already, or completing: the final status follows within milliseconds.
+    await run.wait_finished()
+    return Response({"runId": run_id, "status": run.status.value}, status_code=HTTP_200_OK)

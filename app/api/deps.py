@@ -1,0 +1,57 @@
+"""Dependencies shared by the handlers: services, the signed-in user, ownership checks."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import State
+
+from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from app.services import Services
+from app.store.models import App, User
+
+TOKEN_COOKIE = "runforge_token"
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def provide_services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+def bearer_token(request: Request[Any, Any, Any]) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(TOKEN_COOKIE) or None
+
+
+async def provide_user(request: Request[Any, Any, Any], services: Services) -> User:
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("sign in: send 'Authorization: Bearer <token>' or open /?token=<token>")
+    user = await services.user_for_token(token)
+    if user is None:
+        raise Unauthorized("the token is not valid", code="invalid_token")
+    return user
+
+
+async def owned_app(services: Services, user: User, app_id: str) -> App:
+    app = await services.apps.get(app_id)
+    if app is None:
+        raise NotFound(f"no app {app_id!r}", code="app_not_found")
+    if app.owner_id != user.id:
+        raise Forbidden(f"app {app_id!r} belongs to another user")
+    return app
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise BadRequest(
+            "runId must be 1-64 characters of letters, digits, '_', '.' or '-', starting with a letter or digit",
+            code="invalid_run_id",
+        )
+    return run_id

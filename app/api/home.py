@@ -1,0 +1,59 @@
+"""Sign-in by URL (`/?token=...` sets an HttpOnly cookie), the landing page, and health."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.datastructures import Cookie
+from litestar.response import Redirect
+from litestar.status_codes import HTTP_401_UNAUTHORIZED
+
+from app.api.deps import TOKEN_COOKIE, bearer_token
+from app.services import Services
+
+COOKIE_MAX_AGE_S = 30 * 24 * 3600
+
+
+def _page(title: str, body: str) -> str:
+    template = resources.files("app.api").joinpath("home.html").read_text(encoding="utf-8")
+    return template.replace("{{title}}", title).replace("{{body}}", body)
+
+
+@get("/", include_in_schema=False)
+async def home(request: Request[Any, Any, Any], services: Services, token: str | None = None) -> Response[Any]:
+    if token is not None:
+        return await _sign_in(services, token)
+    current = bearer_token(request)
+    user = await services.user_for_token(current) if current else None
+    if user is None:
+        body = "<p>You are signed out. Open the login URL printed by <code>runforge serve</code>.</p>"
+        return Response(_page("Signed out", body), media_type="text/html")
+    body = f"<p>Signed in as <b>{_escape(user.name)}</b>. The API is described at <a href='/schema'>/schema</a>.</p>"
+    return Response(_page("Runforge", body), media_type="text/html")
+
+
+async def _sign_in(services: Services, token: str) -> Response[Any]:
+    if await services.user_for_token(token) is None:
+        body = "<p>That login link is not valid. Ask for a new one.</p>"
+        return Response(_page("Invalid login link", body), media_type="text/html", status_code=HTTP_401_UNAUTHORIZED)
+    # Redirect to drop the token from the address bar and history.
+    cookie = Cookie(key=TOKEN_COOKIE, value=token, httponly=True, samesite="lax", max_age=COOKIE_MAX_AGE_S)
+    return Redirect("/", status_code=303, cookies=[cookie])
+
+
+@get("/healthz", include_in_schema=True)
+async def healthz(services: Services) -> dict[str, Any]:
+    manager = services.manager
+    return {
+        "status": "ok",
+        "llm": "simulator" if services.simulator else "external",
+        "activeRuns": manager.active_count,
+        "runTasks": manager.task_count,
+        "retainedRuns": manager.retained_count,
+    }
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

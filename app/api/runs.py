@@ -1,0 +1,93 @@
+"""Run status, and joining a run's event stream (live or replayed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, get
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.sse import event_stream, parse_last_event_id
+from app.api.views import live_run_view, row_run_view
+from app.control.run import OnDisconnect, Run
+from app.errors import Conflict, Forbidden, NotFound
+from app.services import Services
+from app.store.models import Run as RunRow
+from app.store.models import User
+
+
+class RunsController(Controller):
+    path = "/runs"
+
+    @get("/{run_id:str}")
+    async def get_run(self, run_id: str, services: Services, user: User) -> dict[str, Any]:
+        run = services.manager.get(run_id)
+        if run is not None:
+            _check_owner(run.user_id, user, run_id)
+            return live_run_view(run)
+        return row_run_view(await _owned_row(services, user, run_id))
+
+    @get("/{run_id:str}/events")
+    async def events(
+        self,
+        run_id: str,
+        services: Services,
+        user: User,
+        last_event_id: str | None = Parameter(header="Last-Event-ID", default=None),
+        on_disconnect: OnDisconnect = Parameter(query="onDisconnect", default=OnDisconnect.CONTINUE),
+    ) -> EventSourceResponse | Response[None]:
+        after = parse_last_event_id(last_event_id, run_id)
+        run = services.manager.get(run_id)
+        if run is not None:
+            _check_owner(run.user_id, user, run_id)
+            return _join_live(services, run, after, on_disconnect)
+        return _replay_final(await _owned_row(services, user, run_id), after)
+
+
+def _join_live(
+    services: Services, run: Run, after: int, on_disconnect: OnDisconnect
+) -> EventSourceResponse | Response[None]:
+    if run.log.closed and after >= run.log.last_seq:
+        return Response(None, status_code=HTTP_204_NO_CONTENT)
+    return event_stream(services, run, after, on_disconnect)
+
+
+def _replay_final(row: RunRow, after: int) -> EventSourceResponse | Response[None]:
+    """A run no longer in memory: only its terminal event can be given again."""
+    if row.status not in ("completed", "interrupted", "failed"):
+        raise Conflict(f"run {row.id} is not active in this server", code="run_not_here")
+    if after >= row.last_seq:
+        return Response(None, status_code=HTTP_204_NO_CONTENT)
+    event, payload = _terminal(row)
+
+    async def once() -> Any:
+        yield ServerSentEvent(data=payload, event=event, id=f"{row.id}:{row.last_seq}")
+
+    return EventSourceResponse(once(), headers={"X-Run-Id": row.id})
+
+
+def _terminal(row: RunRow) -> tuple[str, str]:
+    if row.status == "completed":
+        body: dict[str, Any] = {"finishReason": row.finish_reason, "steps": row.steps}
+        body["toolCalls"] = row.tool_calls_executed
+        return "done", msgspec.json.encode({**body, "runId": row.id}).decode()
+    if row.status == "interrupted":
+        return "interrupted", msgspec.json.encode({"reason": row.stop_reason, "runId": row.id}).decode()
+    error = {"code": row.error_code, "message": row.error_message}
+    return "failed", msgspec.json.encode({"error": error, "runId": row.id}).decode()
+
+
+def _check_owner(owner_id: str, user: User, run_id: str) -> None:
+    if owner_id != user.id:
+        raise Forbidden(f"run {run_id!r} belongs to another user")
+
+
+async def _owned_row(services: Services, user: User, run_id: str) -> RunRow:
+    row = await services.runs.get(run_id)
+    if row is None:
+        raise NotFound(f"no run {run_id!r}", code="run_not_found")
+    _check_owner(row.user_id, user, run_id)
+    return row

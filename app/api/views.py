@@ -1,0 +1,81 @@
+"""JSON views of stored and live objects (camelCase, ISO timestamps)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from app.control.run import Run as LiveRun
+from app.store.models import App, ChatMessage
+from app.store.models import Run as RunRow
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def app_view(app: App) -> dict[str, Any]:
+    return {
+        "id": app.id,
+        "name": app.name,
+        "codeGenType": app.code_gen_type,
+        "initPrompt": app.init_prompt,
+        "ownerId": app.owner_id,
+        "createdAt": _iso(app.created_at),
+        "updatedAt": _iso(app.updated_at),
+    }
+
+
+def message_view(message: ChatMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "runId": message.run_id,
+        "role": message.role,
+        "content": message.content,
+        "createdAt": _iso(message.created_at),
+    }
+
+
+def live_run_view(run: LiveRun) -> dict[str, Any]:
+    stats = run.stats
+    error = {"code": run.error.code, "message": run.error.message} if run.error else None
+    return {
+        "runId": run.id,
+        "appId": run.app_id,
+        "status": run.status.value,
+        "createdAt": _iso(run.created_at),
+        "startedAt": _iso(run.started_at),
+        "stopRequestedAt": _iso(run.stop_requested_at),
+        "endedAt": _iso(run.ended_at),
+        "stopReason": run.stop_reason.value if run.stop_reason else None,
+        "finishReason": run.finish_reason,
+        "error": error,
+        "steps": stats.steps,
+        "toolCallsExecuted": stats.executed,
+        "toolCallsSkipped": stats.skipped,
+        "usage": stats.usage(),
+        "lastSeq": run.log.last_seq,
+        "live": not run.finished,
+    }
+
+
+def row_run_view(row: RunRow) -> dict[str, Any]:
+    error = {"code": row.error_code, "message": row.error_message} if row.error_code else None
+    return {
+        "runId": row.id,
+        "appId": row.app_id,
+        "status": row.status,
+        "createdAt": _iso(row.created_at),
+        "startedAt": _iso(row.started_at),
+        "stopRequestedAt": _iso(row.stop_requested_at),
+        "endedAt": _iso(row.ended_at),
+        "stopReason": row.stop_reason,
+        "finishReason": row.finish_reason,
+        "error": error,
+        "steps": row.steps,
+        "toolCallsExecuted": row.tool_calls_executed,
+        "toolCallsSkipped": row.tool_calls_skipped,
+        "usage": row.usage,
+        "lastSeq": row.last_seq,
+        "live": False,
+    }

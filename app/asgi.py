@@ -1,0 +1,94 @@
+"""The app factory: create_app(settings) wires services, handlers and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.datastructures import MutableScopeHeaders
+from litestar.di import Provide
+from litestar.enums import ScopeType
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.apps import AppsController
+from app.api.chat import ChatController
+from app.api.deps import provide_services, provide_user
+from app.api.home import healthz, home
+from app.api.runs import RunsController
+from app.errors import EXCEPTION_HANDLERS
+from app.services import Services
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_REQUEST_ID_CHARS = 128
+
+
+def create_app(settings: Settings) -> Litestar:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = await Services.start(settings)
+        app.state.services = services
+        # On SIGTERM, sse-starlette sets shutdown_signal; interrupt runs while streams are
+        # still open, so every client gets `interrupted` (reason shutdown) before the exit.
+        watcher = asyncio.create_task(_stop_runs_on_signal(services), name="shutdown-watcher")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await services.stop()
+
+    return Litestar(
+        route_handlers=[home, healthz, AppsController, ChatController, RunsController],
+        dependencies={
+            "services": Provide(provide_services, sync_to_thread=False),
+            "user": Provide(provide_user),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        middleware=[request_id_middleware],
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(title="Runforge", version="0.1.0", path="/schema"),
+        debug=False,
+    )
+
+
+async def _stop_runs_on_signal(services: Services) -> None:
+    await services.shutdown_signal.wait()
+    await services.manager.shutdown(services.settings.shutdown_grace_s)
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Echo a client's X-Request-Id. Wraps only `send`: it never buffers, so disconnects still reach handlers."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        if request_id is None:
+            await app(scope, receive, send)
+            return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableScopeHeaders.from_message(message)["X-Request-Id"] = request_id
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def _request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if 0 < len(text) <= MAX_REQUEST_ID_CHARS and text.isprintable():
+                return text
+    return None

@@ -1,0 +1,140 @@
+"""`runforge run`: stream a run in the terminal. Ctrl-C stops it through POST /app/chat/stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from app.cli import LOCAL_TOKEN_FILE
+from app.settings import Settings
+
+EXIT_INTERRUPTED = 130
+TERMINAL = ("done", "interrupted", "failed")
+
+
+@dataclass
+class Progress:
+    """What the live display shows: steps, tool calls and the files written so far."""
+
+    out: TextIO
+    tool_calls: int = 0
+    files: list[str] = field(default_factory=list)
+    at_line_start: bool = True
+
+    def text(self, chunk: str) -> None:
+        self.out.write(chunk)
+        self.out.flush()
+        self.at_line_start = chunk.endswith("\n")
+
+    def line(self, text: str) -> None:
+        if not self.at_line_start:
+            self.out.write("\n")
+        self.out.write(text + "\n")
+        self.out.flush()
+        self.at_line_start = True
+
+    def tool_result(self, data: dict[str, Any]) -> None:
+        self.tool_calls += 1
+        mark = "ok" if data.get("ok") else "error"
+        if data.get("ok") and data.get("name") in ("write_file", "modify_file"):
+            self.files.append(str(data.get("summary", "")))
+        self.line(f"  [{self.tool_calls} tool calls, {len(self.files)} files] {mark}: {data.get('summary', '')}")
+
+
+def run_in_terminal(settings: Settings, args: argparse.Namespace) -> int:
+    server = args.server or f"http://{settings.host}:{settings.port}"
+    token = args.token or os.environ.get("RUNFORGE_TOKEN") or _local_token(settings)
+    if not token:
+        print(
+            "runforge: no token: pass --token, set RUNFORGE_TOKEN, or run `runforge serve` once",
+            file=sys.stderr,
+        )
+        return 2
+    return asyncio.run(_run(server, token, args.app_id, args.prompt))
+
+
+def _local_token(settings: Settings) -> str | None:
+    try:
+        return (settings.data_dir / LOCAL_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+async def _run(server: str, token: str, app_id: str | None, prompt: str) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = httpx.Timeout(10.0, read=None)
+    async with httpx.AsyncClient(base_url=server, headers=headers, timeout=timeout) as client:
+        try:
+            app_id = app_id or await _create_app(client, prompt)
+        except httpx.HTTPError as exc:
+            print(f"runforge: cannot reach {server}: {exc}", file=sys.stderr)
+            return 1
+        run_id = uuid.uuid4().hex
+        stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop_requested.set)
+        stopper = asyncio.create_task(_stop_when_asked(client, run_id, stop_requested))
+        try:
+            return await _stream(client, app_id, run_id, prompt, Progress(sys.stdout))
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            stopper.cancel()
+
+
+async def _create_app(client: httpx.AsyncClient, prompt: str) -> str:
+    response = await client.post("/apps", json={"initPrompt": prompt})
+    response.raise_for_status()
+    app_id: str = response.json()["id"]
+    print(f"created app {app_id}")
+    return app_id
+
+
+async def _stop_when_asked(client: httpx.AsyncClient, run_id: str, asked: asyncio.Event) -> None:
+    await asked.wait()
+    print("\nstopping…", file=sys.stderr)
+    await client.post("/app/chat/stop", json={"runId": run_id})
+
+
+async def _stream(client: httpx.AsyncClient, app_id: str, run_id: str, prompt: str, progress: Progress) -> int:
+    body = {"appId": app_id, "message": prompt, "runId": run_id}
+    async with aconnect_sse(client, "POST", "/app/chat/gen/code", json=body) as source:
+        if source.response.status_code != 200:
+            await source.response.aread()
+            print(f"runforge: {source.response.text}", file=sys.stderr)
+            return 1
+        async for sse in source.aiter_sse():
+            data = json.loads(sse.data)
+            kind = sse.event or "message"
+            if kind == "message":
+                progress.text(data["d"])
+            elif kind == "run":
+                progress.line(f"run {run_id} on app {app_id}")
+            elif kind == "tool_call":
+                progress.line(f"  → {data['name']} {data['args'].get('path', '')}".rstrip())
+            elif kind == "tool_result":
+                progress.tool_result(data)
+            elif kind in TERMINAL:
+                return _finish(progress, kind, data)
+    progress.line("the stream ended without a final event")
+    return 1
+
+
+def _finish(progress: Progress, kind: str, data: dict[str, Any]) -> int:
+    if kind == "done":
+        progress.line(f"done: {data['steps']} steps, {progress.tool_calls} tool calls, {len(progress.files)} files")
+        return 0
+    if kind == "interrupted":
+        progress.line(f"interrupted ({data['reason']})")
+        return EXIT_INTERRUPTED
+    progress.line(f"failed: {data['error']['code']}: {data['error']['message']}")
+    return 1

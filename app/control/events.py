@@ -1,0 +1,121 @@
+"""Run events: small dataclasses whose ``kind`` becomes the SSE event name.
+
+Text deltas are the one unnamed event (``kind = "message"``), so browsers deliver them to
+``EventSource.onmessage`` as the seed page expects. Exactly one terminal event ends a run's
+log; the log refuses anything after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgspec
+
+from app.control.cancel import StopReason
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    kind: ClassVar[str] = "run"
+    terminal: ClassVar[bool] = False
+    app_id: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"appId": self.app_id}
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    kind: ClassVar[str] = "message"
+    terminal: ClassVar[bool] = False
+    text: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"d": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStarted:
+    kind: ClassVar[str] = "tool_call"
+    terminal: ClassVar[bool] = False
+    call_id: str
+    name: str
+    args: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"callId": self.call_id, "name": self.name, "args": self.args}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallFinished:
+    kind: ClassVar[str] = "tool_result"
+    terminal: ClassVar[bool] = False
+    call_id: str
+    name: str
+    ok: bool
+    summary: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"callId": self.call_id, "name": self.name, "ok": self.ok, "summary": self.summary}
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    kind: ClassVar[str] = "done"
+    terminal: ClassVar[bool] = True
+    finish_reason: str
+    steps: int
+    tool_calls: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"finishReason": self.finish_reason, "steps": self.steps, "toolCalls": self.tool_calls}
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    kind: ClassVar[str] = "interrupted"
+    terminal: ClassVar[bool] = True
+    reason: StopReason
+
+    def payload(self) -> dict[str, Any]:
+        return {"reason": self.reason.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    kind: ClassVar[str] = "failed"
+    terminal: ClassVar[bool] = True
+    code: str
+    message: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+RunEvent = RunStarted | TextDelta | ToolCallStarted | ToolCallFinished | Done | Interrupted | Failed
+TERMINAL_KINDS = frozenset({Done.kind, Interrupted.kind, Failed.kind})
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """An event as stored in a run's log: numbered, and encoded once for every subscriber."""
+
+    seq: int
+    kind: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+    @property
+    def sse_event(self) -> str | None:
+        return None if self.kind == TextDelta.kind else self.kind
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(run_id: str, event: RunEvent) -> str:
+    return _encoder.encode({**event.payload(), "runId": run_id}).decode()

@@ -1,0 +1,297 @@
+"""A run: one agent turn as its own asyncio task, with an event log and a synchronous cancel().
+
+How a stop works (see docs/design.md):
+
+1. ``Run.cancel(reason)`` runs on the event loop, synchronously. It closes the stop gate
+   (after which no tool side effect can commit, even from a worker thread), appends the
+   terminal ``interrupted`` event (after which the log accepts nothing), and cancels the task.
+2. Subscribers waiting on the log wake at once and send ``interrupted`` as their last event.
+3. The task gets ``CancelledError`` at its current ``await``: leaving the agent's
+   ``async with`` closes the upstream LLM response, so the provider sees the disconnect.
+4. The task records the interruption in the database and sets ``finished``.
+
+A run only commits its turn to chat history on completion, so nothing truncated is persisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.control.cancel import RunCancelled, StopGate, StopReason
+from app.control.events import (
+    Done,
+    Failed,
+    Interrupted,
+    LoggedEvent,
+    RunEvent,
+    RunStarted,
+    TextDelta,
+    encode,
+)
+from app.control.outcomes import Completion, RunFailed
+from app.store.models import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    # The agent has finished; the turn is being written to history. Too late to stop.
+    COMPLETING = "completing"
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.INTERRUPTED, RunStatus.FAILED})
+
+
+class OnDisconnect(StrEnum):
+    CANCEL = "cancel"
+    CONTINUE = "continue"
+
+
+class CancelOutcome(StrEnum):
+    STOPPING = "stopping"  # this call stopped the run
+    ALREADY_STOPPING = "already_stopping"  # an earlier stop did
+    TOO_LATE = "too_late"  # the run is completing or already over
+
+
+class EventLog:
+    """Append-only, closed by its terminal event; any number of followers, each from any seq."""
+
+    def __init__(self, run_id: str) -> None:
+        self._run_id = run_id
+        self._events: list[LoggedEvent] = []
+        self._closed = False
+        self._wakeup = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def last_seq(self) -> int:
+        return len(self._events)
+
+    def append(self, event: RunEvent) -> bool:
+        """Append an event; returns False (and drops it) once the log is closed."""
+        if self._closed:
+            return False
+        logged = LoggedEvent(len(self._events) + 1, event.kind, encode(self._run_id, event))
+        self._events.append(logged)
+        self._closed = event.terminal
+        # Wake every follower, and give later waiters a fresh event.
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+        return True
+
+    async def follow(self, after_seq: int = 0) -> AsyncIterator[LoggedEvent]:
+        """Yield events with seq > after_seq, live, until the terminal one."""
+        index = max(after_seq, 0)
+        while True:
+            while index < len(self._events):
+                index += 1
+                yield self._events[index - 1]
+            if self._closed:
+                return
+            await self._wakeup.wait()
+
+
+@dataclass(slots=True)
+class ToolCallRecord:
+    call_id: str
+    name: str
+    executed: bool = False
+
+    def mark_executed(self) -> None:
+        self.executed = True
+
+
+@dataclass(slots=True)
+class RunStats:
+    steps: int = 0
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    # Tool calls the model had started to stream when the run was stopped.
+    partial_tool_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_estimated: bool = False
+
+    @property
+    def executed(self) -> int:
+        return sum(1 for call in self.tool_calls if call.executed)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.tool_calls) - self.executed + self.partial_tool_calls
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+            "estimated": self.usage_estimated,
+        }
+
+
+class RunRecorder(Protocol):
+    """Where a run records itself (the database)."""
+
+    async def record_completed(self, run: Run) -> None: ...
+    async def record_interrupted(self, run: Run) -> None: ...
+    async def record_failed(self, run: Run) -> None: ...
+
+
+Job = Callable[["Run"], Awaitable[Completion]]
+
+
+class Run:
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        app_id: str,
+        user_id: str,
+        message: str,
+        workspace: Path,
+        on_disconnect: OnDisconnect = OnDisconnect.CANCEL,
+    ) -> None:
+        self.id = run_id
+        self.app_id = app_id
+        self.user_id = user_id
+        self.message = message
+        self.workspace = workspace
+        self.on_disconnect = on_disconnect
+        self.status = RunStatus.QUEUED
+        self.gate = StopGate()
+        self.log = EventLog(run_id)
+        self.stats = RunStats()
+        self.reply_parts: list[str] = []
+        self.created_at = utcnow()
+        self.started_at: datetime | None = None
+        self.stop_requested_at: datetime | None = None
+        # Monotonic instant the stop was accepted, for latency measurements.
+        self.stop_requested_mono: float | None = None
+        self.ended_at: datetime | None = None
+        self.finish_reason: str | None = None
+        self.error: Failed | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+        self._finished = asyncio.Event()
+        self.emit(RunStarted(app_id))
+
+    # -- observing -------------------------------------------------------------------------
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        return self.gate.reason
+
+    @property
+    def finished(self) -> bool:
+        """True once the outcome is recorded and the task has nothing left to do."""
+        return self._finished.is_set()
+
+    @property
+    def reply_text(self) -> str:
+        return "".join(self.reply_parts)
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    # -- emitting (called by the agent) ----------------------------------------------------
+
+    def emit(self, event: RunEvent) -> None:
+        self.log.append(event)
+
+    def emit_text(self, text: str) -> None:
+        if self.log.append(TextDelta(text)):
+            self.reply_parts.append(text)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, job: Job, recorder: RunRecorder) -> asyncio.Task[None]:
+        if self.status is RunStatus.QUEUED:
+            self.status = RunStatus.RUNNING
+        self.started_at = utcnow()
+        self._task = asyncio.create_task(self._drive(job, recorder), name=f"run:{self.id}")
+        return self._task
+
+    def cancel(self, reason: StopReason) -> CancelOutcome:
+        """Stop the run now. Synchronous, so nothing of the run can interleave with it."""
+        if self.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+            return CancelOutcome.ALREADY_STOPPING if self.gate.closed else CancelOutcome.TOO_LATE
+        if not self.gate.close(reason):
+            return CancelOutcome.ALREADY_STOPPING
+        self.stop_requested_mono = time.monotonic()
+        self.stop_requested_at = utcnow()
+        self.status = RunStatus.INTERRUPTED
+        self.emit(Interrupted(reason))
+        # A task that has not started yet is not cancelled: its first step sees the closed
+        # gate and records the interruption itself (a never-started coroutine runs no code).
+        if self._task is not None and self._started:
+            self._task.cancel()
+        log.info("run stopping", extra={"run_id": self.id, "reason": reason.value})
+        return CancelOutcome.STOPPING
+
+    async def _drive(self, job: Job, recorder: RunRecorder) -> None:
+        self._started = True
+        try:
+            await self._run_job(job, recorder)
+        finally:
+            self.ended_at = self.ended_at or utcnow()
+            self._finished.set()
+
+    async def _run_job(self, job: Job, recorder: RunRecorder) -> None:
+        try:
+            self.gate.check()
+            completion = await job(self)
+        except asyncio.CancelledError:
+            if not self.gate.closed:
+                raise  # not a stop of ours (e.g. the loop is going away): let it propagate
+            await self._record(recorder.record_interrupted)
+        except RunCancelled:
+            await self._record(recorder.record_interrupted)
+        except RunFailed as exc:
+            await self._fail(recorder, exc.code, exc.message)
+        except Exception:
+            log.exception("run crashed", extra={"run_id": self.id})
+            await self._fail(recorder, "internal", "internal error in the run")
+        else:
+            await self._complete(completion, recorder)
+
+    async def _complete(self, completion: Completion, recorder: RunRecorder) -> None:
+        self.status = RunStatus.COMPLETING
+        self.finish_reason = completion.finish_reason
+        self.ended_at = utcnow()
+        try:
+            await recorder.record_completed(self)
+        except Exception:
+            log.exception("could not record completed run", extra={"run_id": self.id})
+            await self._fail(recorder, "persist_failed", "the turn could not be saved")
+            return
+        self.status = RunStatus.COMPLETED
+        self.emit(Done(completion.finish_reason, self.stats.steps, self.stats.executed))
+
+    async def _fail(self, recorder: RunRecorder, code: str, message: str) -> None:
+        self.status = RunStatus.FAILED
+        self.error = Failed(code, message)
+        self.ended_at = utcnow()
+        self.emit(self.error)
+        await self._record(recorder.record_failed)
+
+    async def _record(self, write: Callable[[Run], Awaitable[None]]) -> None:
+        """Write a final state; a failing database must not keep the run from ending."""
+        self.ended_at = self.ended_at or utcnow()
+        try:
+            await write(self)
+        except Exception:
+            log.exception("could not record run outcome", extra={"run_id": self.id})

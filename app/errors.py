@@ -1,0 +1,118 @@
+"""Errors that reach HTTP clients, and the one place that maps exceptions to responses.
+
+Every error body has the same shape: ``{"status": 409, "error": "run_active", "message": "..."}``
+(plus ``"details"`` for validation errors). ``error`` is a stable machine-readable code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """An error with an HTTP status and a stable code, raised anywhere below the handlers."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(AppError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(AppError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    code = "too_large"
+
+
+# Litestar's own HTTP exceptions, by status, get these codes.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def error_body(status: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"status": status, "error": code, "message": message, **extra}
+
+
+def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
+    return Response(content=body, status_code=status, media_type="application/json")
+
+
+def app_error_handler(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, Any]]:
+    return _json(exc.status, error_body(exc.status, exc.code, exc.message))
+
+
+def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        details = exc.extra if isinstance(exc.extra, list) else None
+        body = error_body(status, "invalid_request", _validation_message(exc, details), details=details or [])
+        return _json(status, body)
+    if status >= 500:
+        return internal_error_handler(_, exc)
+    return _json(status, error_body(status, _HTTP_CODES.get(status, "http_error"), exc.detail))
+
+
+def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error", exc_info=exc)
+    status = HTTP_500_INTERNAL_SERVER_ERROR
+    return _json(status, error_body(status, "internal", "internal server error"))
+
+
+def _validation_message(exc: ValidationException, details: list[Any] | None) -> str:
+    if details:
+        first = details[0]
+        if isinstance(first, dict) and first.get("message"):
+            key = first.get("key")
+            return f"{key}: {first['message']}" if key else str(first["message"])
+    return exc.detail
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    AppError: app_error_handler,
+    HTTPException: http_error_handler,
+    Exception: internal_error_handler,
+}

@@ -1,0 +1,82 @@
+"""The OpenAI client wrapper: one place where SDK errors become run failures.
+
+Errors the model should see (a bad tool call) never come through here; these end the run.
+The stream is always closed with ``async with`` (measured: a bare ``break`` left the upstream
+connection open for over a second), which also runs when the run's task is cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import openai
+from openai.types.chat import ChatCompletionChunk
+
+from app.control.outcomes import RunFailed
+from app.settings import LLMSettings
+
+# Sent on every upstream request so the simulator (and provider logs) can tie it to a run.
+RUN_ID_HEADER = "X-Runforge-Run-Id"
+
+
+class UpstreamError(RunFailed):
+    """The LLM provider failed; the run ends with ``failed``."""
+
+
+class LLMClient:
+    def __init__(self, settings: LLMSettings, base_url: str) -> None:
+        self.model = settings.model
+        self.base_url = base_url
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=settings.api_key or "none",
+            max_retries=settings.max_retries,
+            timeout=settings.timeout_s,
+        )
+
+    @asynccontextmanager
+    async def stream_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        run_id: str,
+    ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
+        """Open a streaming completion; the response is closed when the block exits."""
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self.model,
+                # Plain dicts in the wire format; the SDK's TypedDicts add nothing here.
+                messages=cast(Any, list(messages)),
+                tools=cast(Any, list(tools)),
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_headers={RUN_ID_HEADER: run_id},
+            )
+            async with stream:
+                yield stream
+        except openai.APIError as exc:
+            raise translate_error(exc) from exc
+        except json.JSONDecodeError as exc:
+            raise UpstreamError("upstream_malformed", "the model sent a malformed stream chunk") from exc
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def translate_error(exc: openai.APIError) -> UpstreamError:
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamError("upstream_timeout", "the model did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamError("upstream_unavailable", "could not reach the model provider")
+    if isinstance(exc, openai.RateLimitError):
+        return UpstreamError("upstream_rate_limited", "the model provider is rate limiting requests")
+    if isinstance(exc, openai.APIStatusError):
+        return UpstreamError("upstream_error", f"the model provider answered HTTP {exc.status_code}")
+    return UpstreamError("upstream_error", f"the model provider failed: {_short(exc.message)}")
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

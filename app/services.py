@@ -1,0 +1,84 @@
+"""The composition root: builds every long-lived part from Settings, and takes it down again."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from app.agent.loop import AgentDeps, run_agent
+from app.control.manager import RunManager
+from app.llm.client import LLMClient
+from app.llm.simulator import SimulatorConfig, SimulatorServer
+from app.settings import Settings
+from app.store.db import Database
+from app.store.models import User
+from app.store.repo import Apps, Runs, Users, hash_token
+
+log = logging.getLogger(__name__)
+
+# Users are never deleted and tokens never rotate yet, so a token's user can be cached.
+_AUTH_CACHE_SIZE = 1024
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    db: Database
+    users: Users
+    apps: Apps
+    runs: Runs
+    manager: RunManager
+    llm: LLMClient
+    simulator: SimulatorServer | None
+    # Set by sse-starlette when the server is asked to exit (SIGTERM/SIGINT).
+    shutdown_signal: anyio.Event
+    _auth_cache: dict[str, User]
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        db = Database(settings.resolved_database_url)
+        await db.create_schema()
+        runs = Runs(db)
+        abandoned = await runs.fail_abandoned()
+        if abandoned:
+            log.warning("marked %d run(s) left active by a previous process as failed", abandoned)
+        simulator = await _start_simulator(settings) if settings.uses_simulator else None
+        base_url = simulator.base_url if simulator else str(settings.llm.base_url)
+        llm = LLMClient(settings.llm, base_url)
+        apps = Apps(db)
+        deps = AgentDeps(llm=llm, load_history=apps.history, max_steps=settings.max_steps)
+        manager = RunManager(runs, functools.partial(run_agent, deps=deps), retain_s=settings.finished_run_ttl_s)
+        await asyncio.to_thread(settings.workspaces_dir.mkdir, parents=True, exist_ok=True)
+        return cls(settings, db, Users(db), apps, runs, manager, llm, simulator, anyio.Event(), {})
+
+    async def stop(self) -> None:
+        await self.manager.shutdown(self.settings.shutdown_grace_s)
+        await self.llm.close()
+        if self.simulator is not None:
+            await asyncio.to_thread(self.simulator.stop)
+        await self.db.dispose()
+
+    def workspace(self, app_id: str) -> Path:
+        return self.settings.workspaces_dir / app_id
+
+    async def user_for_token(self, token: str) -> User | None:
+        key = hash_token(token)  # raw tokens are not kept, not even in memory
+        user = self._auth_cache.get(key)
+        if user is None:
+            user = await self.users.by_token(token)
+            if user is not None:
+                if len(self._auth_cache) >= _AUTH_CACHE_SIZE:
+                    self._auth_cache.clear()
+                self._auth_cache[key] = user
+        return user
+
+
+async def _start_simulator(settings: Settings) -> SimulatorServer:
+    server = SimulatorServer(SimulatorConfig(pace_ms=settings.simulator_pace_ms, model=settings.llm.model))
+    await asyncio.to_thread(server.start)
+    return server

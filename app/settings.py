@@ -1,0 +1,114 @@
+"""Typed settings. Read from the environment once, by the CLI, and passed into create_app()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ENV_PREFIX = "RUNFORGE_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class LLMSettings:
+    # None means: start the embedded simulator and use it.
+    base_url: str | None = None
+    api_key: str = "sim"
+    model: str = "runforge-sim"
+    max_retries: int = 2
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path("runs")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    llm: LLMSettings = field(default_factory=LLMSettings)
+    max_steps: int = 20
+    # Pace of the embedded simulator, per token.
+    simulator_pace_ms: float = 15.0
+    # Longest prompt accepted from a user, in characters.
+    max_message_chars: int = 20_000
+    # How long a finished run's events stay in memory for `/runs/{id}/events` replays.
+    finished_run_ttl_s: float = 600.0
+    # Seconds between SSE keepalive comments.
+    sse_ping_s: float = 15.0
+    # How long shutdown waits for runs to record their interruption.
+    shutdown_grace_s: float = 3.0
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.data_dir / "workspaces"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'runforge.db').resolve()}"
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.llm.base_url is None
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value if value not in (None, "") else None
+
+        defaults = cls()
+        llm_defaults = LLMSettings()
+        base_url = get("LLM_BASE_URL")
+        llm = LLMSettings(
+            base_url=base_url,
+            api_key=get("LLM_API_KEY") or ("sim" if base_url is None else ""),
+            model=get("LLM_MODEL") or llm_defaults.model,
+            max_retries=_int(get("LLM_MAX_RETRIES"), "LLM_MAX_RETRIES", llm_defaults.max_retries),
+            timeout_s=_float(get("LLM_TIMEOUT_S"), "LLM_TIMEOUT_S", llm_defaults.timeout_s),
+        )
+        return cls(
+            data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+            database_url=get("DATABASE_URL"),
+            host=get("HOST") or defaults.host,
+            port=_int(get("PORT"), "PORT", defaults.port),
+            llm=llm,
+            max_steps=_int(get("MAX_STEPS"), "MAX_STEPS", defaults.max_steps, minimum=1),
+            simulator_pace_ms=_float(get("SIM_PACE_MS"), "SIM_PACE_MS", defaults.simulator_pace_ms),
+            max_message_chars=_int(get("MAX_MESSAGE_CHARS"), "MAX_MESSAGE_CHARS", defaults.max_message_chars),
+        )
+
+
+def _int(raw: str | None, name: str, default: int, minimum: int = 0) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{ENV_PREFIX}{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(raw: str | None, name: str, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{ENV_PREFIX}{name} must not be negative, got {value}")
+    return value
