@@ -9,14 +9,13 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, delete, get, post
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
-from app.api.deps import owned_app
+from app.api.deps import CurrentUser, ServicesDep, owned_app
 from app.api.views import app_view, message_view
 from app.control.cancel import StopReason
 from app.errors import BadRequest, NotFound
-from app.services import Services
-from app.store.models import User
 from app.workspace.fs import WorkspaceError, read_text, tree
 from app.workspace.paths import PathRefused, resolve_in_workspace
 
@@ -39,7 +38,7 @@ class AppsController(Controller):
     path = "/apps"
 
     @post("/")
-    async def create(self, data: CreateApp, services: Services, user: User) -> dict[str, Any]:
+    async def create(self, data: JSONBody[CreateApp], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
         name = (data.name or (data.initPrompt or "").strip()[:60] or "Untitled app").strip()
         if not name or len(name) > MAX_NAME_CHARS:
             raise BadRequest(f"name must be 1-{MAX_NAME_CHARS} characters", code="invalid_name")
@@ -49,27 +48,27 @@ class AppsController(Controller):
         return app_view(app)
 
     @get("/")
-    async def list_apps(self, services: Services, user: User) -> list[dict[str, Any]]:
+    async def list_apps(self, services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
         return [app_view(app) for app in await services.apps.list_for(user.id)]
 
     @get("/{app_id:str}")
-    async def get_app(self, app_id: str, services: Services, user: User) -> dict[str, Any]:
+    async def get_app(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
         return app_view(await owned_app(services, user, app_id))
 
     @delete("/{app_id:str}", status_code=HTTP_204_NO_CONTENT)
-    async def delete_app(self, app_id: str, services: Services, user: User) -> None:
+    async def delete_app(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> None:
         await owned_app(services, user, app_id)
         await services.manager.stop_app(app_id, StopReason.USER_STOP)
         await services.apps.delete(app_id)
         await asyncio.to_thread(shutil.rmtree, services.workspace(app_id), ignore_errors=True)
 
     @get("/{app_id:str}/messages")
-    async def messages(self, app_id: str, services: Services, user: User) -> list[dict[str, Any]]:
+    async def messages(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
         await owned_app(services, user, app_id)
         return [message_view(m) for m in await services.apps.messages(app_id)]
 
     @get("/{app_id:str}/files")
-    async def files(self, app_id: str, services: Services, user: User) -> list[dict[str, Any]]:
+    async def files(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
         await owned_app(services, user, app_id)
         root = services.workspace(app_id)
         if not await asyncio.to_thread(root.is_dir):
@@ -78,7 +77,13 @@ class AppsController(Controller):
         return [{"path": e.path, "kind": e.kind, "size": e.size} for e in entries]
 
     @get("/{app_id:str}/files/{path:path}")
-    async def file(self, app_id: str, path: str, services: Services, user: User) -> dict[str, Any]:
+    async def file(
+        self,
+        app_id: FromPath[str],
+        path: FromPath[str],
+        services: ServicesDep,
+        user: CurrentUser,
+    ) -> dict[str, Any]:
         await owned_app(services, user, app_id)
         root = services.workspace(app_id)
         relative = path.lstrip("/")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import check_run_id, owned_app
+from app.api.deps import CurrentUser, ServicesDep, check_run_id, owned_app
 from app.api.sse import event_stream
 from app.control.cancel import StopReason
 from app.control.manager import Multitask, RunRequest
@@ -38,29 +38,33 @@ class ChatController(Controller):
     async def gen_code_get(
         self,
         request: Request[Any, Any, Any],
-        services: Services,
-        user: User,
-        app_id: str = Parameter(query="appId"),
-        message: str = Parameter(query="message"),
-        run_id: str | None = Parameter(query="runId", default=None),
-        on_disconnect: OnDisconnect = Parameter(query="onDisconnect", default=OnDisconnect.CANCEL),
-        multitask: Multitask = Parameter(query="multitask", default=Multitask.INTERRUPT),
+        services: ServicesDep,
+        user: CurrentUser,
+        app_id: Annotated[str, QueryParameter(name="appId")],
+        message: FromQuery[str],
+        run_id: Annotated[str | None, QueryParameter(name="runId")] = None,
+        on_disconnect: Annotated[OnDisconnect, QueryParameter(name="onDisconnect")] = OnDisconnect.CANCEL,
+        multitask: FromQuery[Multitask] = Multitask.INTERRUPT,
     ) -> EventSourceResponse:
         gen = GenRequest(app_id, message, run_id, on_disconnect, multitask)
         return await start_run(request, services, user, gen)
 
     @post("/app/chat/gen/code", status_code=HTTP_200_OK)
     async def gen_code_post(
-        self, request: Request[Any, Any, Any], data: GenRequest, services: Services, user: User
+        self, request: Request[Any, Any, Any], data: JSONBody[GenRequest], services: ServicesDep, user: CurrentUser
     ) -> EventSourceResponse:
         return await start_run(request, services, user, data)
 
     @post(["/app/chat/stop", "/chat/stop"], status_code=HTTP_202_ACCEPTED)
-    async def stop(self, data: StopRequest, services: Services, user: User) -> Response[dict[str, Any]]:
+    async def stop(
+        self, data: JSONBody[StopRequest], services: ServicesDep, user: CurrentUser
+    ) -> Response[dict[str, Any]]:
         return await stop_run(services, user, data.runId)
 
     @post("/runs/{run_id:str}/stop", status_code=HTTP_202_ACCEPTED)
-    async def stop_by_path(self, run_id: str, services: Services, user: User) -> Response[dict[str, Any]]:
+    async def stop_by_path(
+        self, run_id: FromPath[str], services: ServicesDep, user: CurrentUser
+    ) -> Response[dict[str, Any]]:
         return await stop_run(services, user, run_id)
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeAlias
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from app.services import Services
 from app.store.models import App, User
+
+# Handler parameter types: injected by name ("services", "user"), declared explicitly.
+ServicesDep: TypeAlias = NamedDependency[Services]
+CurrentUser: TypeAlias = NamedDependency[User]
 
 TOKEN_COOKIE = "runforge_token"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -29,7 +34,7 @@ def bearer_token(request: Request[Any, Any, Any]) -> str | None:
     return request.cookies.get(TOKEN_COOKIE) or None
 
 
-async def provide_user(request: Request[Any, Any, Any], services: Services) -> User:
+async def provide_user(request: Request[Any, Any, Any], services: ServicesDep) -> User:
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("sign in: send 'Authorization: Bearer <token>' or open /?token=<token>")

@@ -7,10 +7,11 @@ from typing import Any
 
 from litestar import Request, Response, get
 from litestar.datastructures import Cookie
+from litestar.params import FromQuery
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_401_UNAUTHORIZED
 
-from app.api.deps import TOKEN_COOKIE, bearer_token
+from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
 from app.services import Services
 
 COOKIE_MAX_AGE_S = 30 * 24 * 3600
@@ -22,7 +23,9 @@ def _page(title: str, body: str) -> str:
 
 
 @get("/", include_in_schema=False)
-async def home(request: Request[Any, Any, Any], services: Services, token: str | None = None) -> Response[Any]:
+async def home(
+    request: Request[Any, Any, Any], services: ServicesDep, token: FromQuery[str | None] = None
+) -> Response[Any]:
     if token is not None:
         return await _sign_in(services, token)
     current = bearer_token(request)
@@ -44,7 +47,7 @@ async def _sign_in(services: Services, token: str) -> Response[Any]:
 
 
 @get("/healthz", include_in_schema=True)
-async def healthz(services: Services) -> dict[str, Any]:
+async def healthz(services: ServicesDep) -> dict[str, Any]:
     manager = services.manager
     return {
         "status": "ok",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, cast
 
 import msgspec
-from litestar import Controller, Response, get
-from litestar.params import Parameter
-from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar import Controller, get
+from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.types import ASGIApp
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.responses import Response as PlainResponse
 
+from app.api.deps import CurrentUser, ServicesDep
 from app.api.sse import event_stream, parse_last_event_id
 from app.api.views import live_run_view, row_run_view
 from app.control.run import OnDisconnect, Run
@@ -18,12 +20,15 @@ from app.services import Services
 from app.store.models import Run as RunRow
 from app.store.models import User
 
+# "Nothing newer": browsers stop reconnecting an EventSource on 204.
+NO_CONTENT = cast(ASGIApp, PlainResponse(status_code=204))
+
 
 class RunsController(Controller):
     path = "/runs"
 
     @get("/{run_id:str}")
-    async def get_run(self, run_id: str, services: Services, user: User) -> dict[str, Any]:
+    async def get_run(self, run_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
         run = services.manager.get(run_id)
         if run is not None:
             _check_owner(run.user_id, user, run_id)
@@ -33,12 +38,12 @@ class RunsController(Controller):
     @get("/{run_id:str}/events")
     async def events(
         self,
-        run_id: str,
-        services: Services,
-        user: User,
-        last_event_id: str | None = Parameter(header="Last-Event-ID", default=None),
-        on_disconnect: OnDisconnect = Parameter(query="onDisconnect", default=OnDisconnect.CONTINUE),
-    ) -> EventSourceResponse | Response[None]:
+        run_id: FromPath[str],
+        services: ServicesDep,
+        user: CurrentUser,
+        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
+        on_disconnect: Annotated[OnDisconnect, QueryParameter(name="onDisconnect")] = OnDisconnect.CONTINUE,
+    ) -> ASGIApp:
         after = parse_last_event_id(last_event_id, run_id)
         run = services.manager.get(run_id)
         if run is not None:
@@ -47,26 +52,24 @@ class RunsController(Controller):
         return _replay_final(await _owned_row(services, user, run_id), after)
 
 
-def _join_live(
-    services: Services, run: Run, after: int, on_disconnect: OnDisconnect
-) -> EventSourceResponse | Response[None]:
+def _join_live(services: Services, run: Run, after: int, on_disconnect: OnDisconnect) -> ASGIApp:
     if run.log.closed and after >= run.log.last_seq:
-        return Response(None, status_code=HTTP_204_NO_CONTENT)
-    return event_stream(services, run, after, on_disconnect)
+        return NO_CONTENT
+    return cast(ASGIApp, event_stream(services, run, after, on_disconnect))
 
 
-def _replay_final(row: RunRow, after: int) -> EventSourceResponse | Response[None]:
+def _replay_final(row: RunRow, after: int) -> ASGIApp:
     """A run no longer in memory: only its terminal event can be given again."""
     if row.status not in ("completed", "interrupted", "failed"):
         raise Conflict(f"run {row.id} is not active in this server", code="run_not_here")
     if after >= row.last_seq:
-        return Response(None, status_code=HTTP_204_NO_CONTENT)
+        return NO_CONTENT
     event, payload = _terminal(row)
 
     async def once() -> Any:
         yield ServerSentEvent(data=payload, event=event, id=f"{row.id}:{row.last_seq}")
 
-    return EventSourceResponse(once(), headers={"X-Run-Id": row.id})
+    return cast(ASGIApp, EventSourceResponse(once(), headers={"X-Run-Id": row.id}))
 
 
 def _terminal(row: RunRow) -> tuple[str, str]:
@@ -80,7 +83,7 @@ def _terminal(row: RunRow) -> tuple[str, str]:
     return "failed", msgspec.json.encode({"error": error, "runId": row.id}).decode()
 
 
-def _check_owner(owner_id: str, user: User, run_id: str) -> None:
+def _check_owner(owner_id: str, user: CurrentUser, run_id: str) -> None:
     if owner_id != user.id:
         raise Forbidden(f"run {run_id!r} belongs to another user")
 

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.settings import LLMSettings, Settings
+from tests.support import ServerThread
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@pytest.fixture(autouse=True)
+def _no_real_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection to a host other than loopback fails: no test can reach a real LLM."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in LOOPBACK and not str(host).startswith("127."):
+            raise OSError(f"tests may not reach {host!r}: only loopback is allowed")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "RUNFORGE_LLM_BASE_URL", "RUNFORGE_LLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        llm=LLMSettings(max_retries=0, timeout_s=30.0),
+        simulator_pace_ms=2.0,
+        sse_ping_s=5.0,
+    )
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[ServerThread]:
+    thread = ServerThread(settings).start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def token(server: ServerThread) -> str:
+    return server.add_user("alice")
+
+
+@pytest.fixture
+async def client(server: ServerThread, token: str) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30.0) as http:
+        yield http
+
+
+@pytest.fixture
+async def other_client(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
+    """A second, unrelated user."""
+    headers = {"Authorization": f"Bearer {server.add_user('mallory')}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30.0) as http:
+        yield http
+
+
+@pytest.fixture
+async def app_id(client: httpx.AsyncClient) -> str:
+    response = await client.post("/apps", json={"name": "test app"})
+    assert response.status_code == 201, response.text
+    app_id: str = response.json()["id"]
+    return app_id

@@ -1,0 +1,151 @@
+"""Test harness: a real uvicorn server in its own thread, and SSE helpers.
+
+The server runs on its own event loop (as in production, apart from the test's client), on a
+socket bound to port 0; the embedded simulator is reached over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from httpx_sse import aconnect_sse
+
+from app.asgi import create_app
+from app.llm.simulator import RequestRecord, SimulatorServer
+from app.services import Services
+from app.settings import Settings
+
+T = TypeVar("T")
+TERMINAL = ("done", "interrupted", "failed")
+HANG_TIMEOUT_S = 10.0  # generous: only there to turn a hang into a failure
+
+
+class ServerThread:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=3)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="test-server", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self._server.serve(sockets=[self._sock])
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + HANG_TIMEOUT_S
+        while not self._server.started:  # uvicorn exposes no event for "started"
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(HANG_TIMEOUT_S)
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+    @property
+    def simulator(self) -> SimulatorServer:
+        assert self.services.simulator is not None
+        return self.services.simulator
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the server's loop (for set-up that has no HTTP API)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(HANG_TIMEOUT_S)
+
+    async def acall(self, coro: Coroutine[Any, Any, T]) -> T:
+        assert self.loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def add_user(self, name: str) -> str:
+        _, token = self.call(self.services.users.create(name))
+        return token
+
+    async def sim_records(self, run_id: str, predicate: Callable[[list[RequestRecord]], bool]) -> list[RequestRecord]:
+        """Wait until the simulator's records for run_id satisfy predicate; return them."""
+        recorder = self.simulator.recorder
+
+        def check(records: list[RequestRecord]) -> bool:
+            return predicate([r for r in records if r.run_id == run_id])
+
+        ok = await asyncio.to_thread(recorder.wait_for, check, HANG_TIMEOUT_S)
+        records = recorder.records(run_id)
+        assert ok, f"simulator records for {run_id} never matched: {records}"
+        return records
+
+
+@dataclass
+class Event:
+    event: str
+    id: str
+    data: dict[str, Any]
+
+    @property
+    def seq(self) -> int:
+        return int(self.id.rpartition(":")[2])
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Await a condition that has no event of its own (state in another thread)."""
+    async with asyncio.timeout(HANG_TIMEOUT_S):
+        while not condition():
+            await asyncio.sleep(0.002)
+
+
+@contextlib.asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> AsyncIterator[tuple[httpx.Response, AsyncIterator[Event]]]:
+    async with aconnect_sse(client, method, url, **kwargs) as source:
+
+        async def events() -> AsyncIterator[Event]:
+            async for sse in source.aiter_sse():
+                if not sse.data:
+                    continue  # a keepalive comment
+                yield Event(sse.event or "message", sse.id, json.loads(sse.data))
+
+        yield source.response, events()
+
+
+async def collect(events: AsyncIterator[Event], until: Callable[[Event], bool] | None = None) -> list[Event]:
+    """Read events until `until` matches (inclusive) or the stream ends."""
+    seen: list[Event] = []
+    async with asyncio.timeout(HANG_TIMEOUT_S):
+        async for event in events:
+            seen.append(event)
+            if until is not None and until(event):
+                break
+    return seen
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(e.data["d"] for e in events if e.event == "message")
+
+
+def gen_url(app_id: str, message: str, **params: str) -> str:
+    return "/app/chat/gen/code?" + httpx.QueryParams({"appId": app_id, "message": message, **params}).__str__()
