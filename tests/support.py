@@ -110,13 +110,6 @@ class Event:
         return int(self.id.rpartition(":")[2])
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Await a condition that has no event of its own (state in another thread)."""
-    async with asyncio.timeout(HANG_TIMEOUT_S):
-        while not condition():
-            await asyncio.sleep(0.002)
-
-
 @contextlib.asynccontextmanager
 async def open_stream(
     client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
