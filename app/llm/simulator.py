@@ -1,0 +1,1058 @@
+"""An embedded, OpenAI-compatible fake LLM, served by uvicorn over a real loopback socket.
+
+The agent talks to it through the ``openai`` SDK exactly as it talks to a real provider, so
+the whole network path (connection pool, SSE parsing, cancellation closing the socket) is
+exercised offline. It is the product's offline default and the upstream of tests/benchmarks.
+
+What makes it useful for testing run control:
+
+* every streamed token is its own SSE chunk, paced by ``pace_ms``, so a stop can land
+  between tokens, inside a tool call's arguments, or before the first token;
+* a watcher task awaits ASGI ``receive()`` during the whole response, so the moment the
+  client closes the connection is recorded at once, even while the server sleeps;
+* every request is recorded (:class:`Recorder`), readable in-process or over HTTP
+  (``GET /_sim/requests``) from a benchmark in another process.
+
+Behaviour is chosen per request by a *scenario*: a ``[sim:NAME key=value ...]`` directive in
+the first user message, else a ``sim-NAME`` model name, else the configured default. A
+multi-step scenario derives its position from the request's messages, so the server is
+stateless and deterministic across requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal
+from urllib.parse import parse_qs
+
+import uvicorn
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+RUN_ID_HEADER = "x-runforge-run-id"
+_ARG_FRAGMENT_CHARS = 12  # a tool-argument "token": a few characters, like a real tokenizer
+_BATCH_BYTES = 64 * 1024  # unpaced streams are written in batches; one send per chunk is slow
+_STARTUP_TIMEOUT_S = 10.0
+_JOIN_TIMEOUT_S = 5.0
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    pace_ms: float = 15.0
+    default_scenario: str = "codegen"
+    model: str = "runforge-sim"
+
+
+# --------------------------------------------------------------------------- recording
+
+
+@dataclass
+class RequestRecord:
+    """One chat-completions request as the simulator saw it (times are ``time.monotonic()``)."""
+
+    seq: int
+    run_id: str | None
+    scenario: str
+    model: str
+    stream: bool
+    started_at: float
+    tool_results_seen: int
+    tool_names_offered: list[str]
+    first_chunk_at: float | None = None
+    chunks_sent: int = 0  # SSE events when streaming, response bodies otherwise
+    disconnected_at: float | None = None
+    finished_at: float | None = None
+    status: int | None = None
+    error: str | None = None  # set when the handler itself failed or was cancelled
+
+    @property
+    def is_open(self) -> bool:
+        return self.finished_at is None and self.disconnected_at is None and self.error is None
+
+
+class Recorder:
+    """Thread-safe request log: the app writes from uvicorn's thread, tests read from theirs.
+
+    Every change notifies a condition, so readers block in :meth:`wait_for` instead of polling.
+    Sequence numbers are never reused, not even after :meth:`clear`, so a request still in
+    flight across a ``clear()`` cannot update somebody else's record.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._records: dict[int, RequestRecord] = {}
+        self._last_seq = 0
+
+    def records(self, run_id: str | None = None) -> list[RequestRecord]:
+        with self._lock:
+            return self._snapshot(run_id)
+
+    def wait_for(self, predicate: Callable[[list[RequestRecord]], bool], timeout: float) -> bool:
+        with self._changed:
+            return bool(self._changed.wait_for(lambda: predicate(self._snapshot(None)), timeout))
+
+    def open_requests(self) -> int:
+        with self._lock:
+            return sum(1 for record in self._records.values() if record.is_open)
+
+    def clear(self) -> None:
+        with self._changed:
+            self._records.clear()
+            self._changed.notify_all()
+
+    # The methods below are the app's write side.
+
+    def add(self, record: RequestRecord) -> int:
+        with self._changed:
+            self._last_seq += 1
+            self._records[self._last_seq] = dataclasses.replace(record, seq=self._last_seq)
+            self._changed.notify_all()
+            return self._last_seq
+
+    def note_status(self, seq: int, status: int) -> None:
+        self._update(seq, lambda r: setattr(r, "status", status))
+
+    def note_chunks(self, seq: int, count: int, at: float) -> None:
+        def apply(record: RequestRecord) -> None:
+            record.chunks_sent += count
+            if record.first_chunk_at is None:
+                record.first_chunk_at = at
+
+        self._update(seq, apply)
+
+    def note_finished(self, seq: int, at: float) -> None:
+        self._update(seq, lambda r: setattr(r, "finished_at", at) if r.is_open else None)
+
+    def note_disconnected(self, seq: int, at: float) -> None:
+        # A disconnect after the response completed is just the client closing its socket.
+        self._update(seq, lambda r: setattr(r, "disconnected_at", at) if r.is_open else None)
+
+    def note_failed(self, seq: int, error: str) -> None:
+        self._update(seq, lambda r: setattr(r, "error", error) if r.is_open else None)
+
+    def _update(self, seq: int, apply: Callable[[RequestRecord], None]) -> None:
+        with self._changed:
+            record = self._records.get(seq)
+            if record is not None:
+                apply(record)
+                self._changed.notify_all()
+
+    def _snapshot(self, run_id: str | None) -> list[RequestRecord]:
+        return [
+            dataclasses.replace(record, tool_names_offered=list(record.tool_names_offered))
+            for record in self._records.values()
+            if run_id is None or record.run_id == run_id
+        ]
+
+
+# --------------------------------------------------------------------------- scenario model
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # raw JSON text, on purpose not a dict: some scenarios send invalid JSON
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something broken injected into a stream after ``after`` tokens."""
+
+    kind: Literal["error", "malformed"]
+    after: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    header_delay_s: float = 0.0  # before the response headers
+    first_token_delay_s: float = 0.0  # after the headers, before the first chunk
+    fault: Fault | None = None
+    http_status: int | None = None  # answer at once with this error status
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.tool_calls else "stop"
+
+
+@dataclass(frozen=True)
+class Params:
+    """Directive values; ``None`` means "the scenario's default"."""
+
+    pace_ms: float | None = None
+    tokens: int | None = None
+    delay_s: float | None = None
+    files: int | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    step: int  # completed tool-call rounds so far in this conversation
+    params: Params
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    reply: Callable[[Turn], Reply]
+    default_pace_ms: float | None = None  # None: the config's pace
+
+
+# --------------------------------------------------------------------------- scenario content
+
+_INDEX_HTML = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>Click Counter</title>
+  <link rel="stylesheet" href="style.css">
+</head>
+<body>
+  <main class="card">
+    <h1>Click Counter</h1>
+    <p>A tiny static site: press the button and watch the number grow.</p>
+    <p class="count">Clicks: <span id="count">0</span></p>
+    <button id="increment" type="button">Click me</button>
+    <button id="reset" type="button" class="secondary">Reset</button>
+  </main>
+  <script src="script.js"></script>
+</body>
+</html>
+"""
+
+_STYLE_CSS = """* {
+  box-sizing: border-box;
+}
+
+body {
+  margin: 0;
+  min-height: 100vh;
+  display: grid;
+  place-items: center;
+  font-family: system-ui, sans-serif;
+  background: #f3f4f6;
+  color: #111827;
+}
+
+.card {
+  padding: 2rem 3rem;
+  border-radius: 12px;
+  background: #ffffff;
+  box-shadow: 0 10px 30px rgba(0, 0, 0, 0.08);
+  text-align: center;
+}
+
+.count {
+  font-size: 1.5rem;
+}
+
+button {
+  margin: 0 0.25rem;
+  padding: 0.6rem 1.2rem;
+  border: none;
+  border-radius: 8px;
+  background: #2563eb;
+  color: #ffffff;
+  font-size: 1rem;
+  cursor: pointer;
+}
+
+button.secondary {
+  background: #6b7280;
+}
+"""
+
+_SCRIPT_JS = """const countEl = document.getElementById("count");
+let count = 0;
+
+function render() {
+  countEl.textContent = String(count);
+}
+
+document.getElementById("increment").addEventListener("click", () => {
+  count += 1;
+  render();
+});
+
+document.getElementById("reset").addEventListener("click", () => {
+  count = 0;
+  render();
+});
+
+render();
+"""
+
+_PROSE = (
+    "The simulated model keeps writing so that the agent has a long stream to interrupt. "
+    "Each word arrives as its own chunk, paced like a real provider, and nothing here means "
+    "anything beyond giving the runtime honest work to cancel at an arbitrary moment. "
+    "A careful runtime closes the upstream connection as soon as the user asks it to stop."
+)
+
+
+def _prose(tokens: int) -> str:
+    """Deterministic filler text of exactly ``tokens`` words."""
+    words = _PROSE.split()
+    return " ".join(words[i % len(words)] for i in range(tokens))
+
+
+def _write(path: str, content: str) -> ToolCall:
+    return ToolCall("write_file", json.dumps({"path": path, "content": content}))
+
+
+def _codegen(turn: Turn) -> Reply:
+    if turn.step == 0:
+        plan = (
+            "I'll build a small static site: a page with a click counter, a stylesheet and a script. "
+            "I'll start with the HTML so the other two files have something to hook into."
+        )
+        return Reply(plan, (_write("index.html", _INDEX_HTML),))
+    if turn.step == 1:
+        text = "The page is in place. Now the styling and the counter logic."
+        return Reply(text, (_write("style.css", _STYLE_CSS), _write("script.js", _SCRIPT_JS)))
+    return Reply(
+        "The site is ready: index.html links style.css and script.js, and the buttons "
+        "increment and reset the counter. Open index.html in a browser to try it."
+    )
+
+
+def _long_text(turn: Turn) -> Reply:
+    return Reply(_prose(turn.params.tokens or 2000))
+
+
+def _tools_midstream(turn: Turn) -> Reply:
+    files = turn.params.files or 6
+    if turn.step >= files:
+        return Reply(f"All {files} files are written.")
+    n = turn.step + 1
+    content = f"This is file number {n}.\n" + _prose(40) + "\n"
+    return Reply(f"Writing file {n} of {files}.", (_write(f"file_{n}.txt", content),))
+
+
+def _slow_first_token(turn: Turn) -> Reply:
+    delay = 30.0 if turn.params.delay_s is None else turn.params.delay_s
+    return dataclasses.replace(_long_text(turn), first_token_delay_s=delay)
+
+
+def _slow_headers(turn: Turn) -> Reply:
+    delay = 30.0 if turn.params.delay_s is None else turn.params.delay_s
+    return dataclasses.replace(_long_text(turn), header_delay_s=delay)
+
+
+def _error_midstream(turn: Turn) -> Reply:
+    return Reply(_prose(40), fault=Fault("error", after=20))
+
+
+def _http_error(turn: Turn) -> Reply:
+    return Reply(http_status=turn.params.status or 500)
+
+
+def _malformed(turn: Turn) -> Reply:
+    return Reply(_prose(20), fault=Fault("malformed", after=10))
+
+
+def _huge(turn: Turn) -> Reply:
+    return Reply(_prose(turn.params.tokens or 200_000))
+
+
+def _bad_tool_args(turn: Turn) -> Reply:
+    if turn.step == 0:
+        broken = ToolCall("write_file", '{"path": "broken.txt", "content": "unterminated')
+        return Reply("Writing the file now.", (broken,))
+    if turn.step == 1:
+        return Reply(
+            "My previous call had malformed arguments; let me fix it.",
+            (_write("fixed.txt", "Fixed content.\n"),),
+        )
+    return Reply("fixed.txt is written with valid arguments.")
+
+
+_ESCAPE_CALLS = (
+    _write("../escape.txt", "outside the workspace\n"),
+    _write("/tmp/runforge-escape.txt", "absolute path\n"),
+    ToolCall("read_file", json.dumps({"path": "../../etc/passwd"})),
+    _write("a\u0000b.txt", "NUL in the name\n"),
+)
+
+
+def _escape(turn: Turn) -> Reply:
+    if turn.step < len(_ESCAPE_CALLS):
+        return Reply("Trying another path.", (_ESCAPE_CALLS[turn.step],))
+    return Reply("I tried every path I wanted to try.")
+
+
+def _loop(turn: Turn) -> Reply:
+    return Reply("Let me look at the directory again.", (ToolCall("list_dir", '{"path": "."}'),))
+
+
+def _exit_tool(turn: Turn) -> Reply:
+    if turn.step == 0:
+        return Reply("Writing the page.", (_write("index.html", _INDEX_HTML),))
+    if turn.step == 1:
+        return Reply("", (ToolCall("exit", "{}"),))
+    return Reply("I already finished; there is nothing left to do.")
+
+
+SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
+    {
+        s.name: s
+        for s in (
+            Scenario("codegen", _codegen),
+            Scenario("long_text", _long_text),
+            Scenario("tools_midstream", _tools_midstream),
+            Scenario("slow_first_token", _slow_first_token),
+            Scenario("slow_headers", _slow_headers),
+            Scenario("error_midstream", _error_midstream),
+            Scenario("http_error", _http_error),
+            Scenario("malformed", _malformed),
+            Scenario("huge", _huge, default_pace_ms=0.0),
+            Scenario("bad_tool_args", _bad_tool_args),
+            Scenario("escape", _escape),
+            Scenario("loop", _loop),
+            Scenario("exit_tool", _exit_tool),
+        )
+    }
+)
+
+
+# --------------------------------------------------------------------------- request parsing
+
+
+class RequestError(Exception):
+    """A client error, answered with an OpenAI-style error body."""
+
+    def __init__(self, message: str, code: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.code, self.status = message, code, status
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    stream: bool
+    include_usage: bool
+    messages: list[dict[str, Any]]
+    tool_names: list[str]
+    run_id: str | None
+
+
+_DIRECTIVE = re.compile(r"\[sim:(?P<name>[\w-]+)(?P<args>[^\]]*)\]")
+# directive key -> (Params field, converter)
+_PARAM_TYPES: Mapping[str, tuple[str, Callable[[str], float | int]]] = MappingProxyType(
+    {
+        "pace": ("pace_ms", float),
+        "tokens": ("tokens", int),
+        "delay": ("delay_s", float),
+        "files": ("files", int),
+        "status": ("status", int),
+    }
+)
+
+
+def parse_chat_request(body: bytes, headers: Mapping[str, str], default_model: str) -> ChatRequest:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}", "invalid_json") from exc
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object", "invalid_request")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise RequestError("'messages' must be a list of objects", "invalid_messages")
+    options = data.get("stream_options")
+    return ChatRequest(
+        model=str(data.get("model") or default_model),
+        stream=data.get("stream") is True,
+        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        messages=messages,
+        tool_names=_tool_names(data.get("tools")),
+        run_id=headers.get(RUN_ID_HEADER),
+    )
+
+
+def _tool_names(tools: object) -> list[str]:
+    if not isinstance(tools, list):
+        return []
+    functions = (t.get("function") for t in tools if isinstance(t, dict))
+    return [str(f.get("name")) for f in functions if isinstance(f, dict) and f.get("name")]
+
+
+def _message_text(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def resolve_scenario(request: ChatRequest, config: SimulatorConfig) -> tuple[Scenario, Params]:
+    """Directive in the first user message, else ``sim-NAME`` model, else the default."""
+    first_user = next((m for m in request.messages if m.get("role") == "user"), None)
+    match = _DIRECTIVE.search(_message_text(first_user)) if first_user else None
+    if match:
+        return _scenario(match["name"]), _parse_params(match["args"])
+    if request.model.startswith("sim-"):
+        return _scenario(request.model.removeprefix("sim-")), Params()
+    return _scenario(config.default_scenario), Params()
+
+
+def _scenario(name: str) -> Scenario:
+    scenario = SCENARIOS.get(name)
+    if scenario is None:
+        known = ", ".join(SCENARIOS)
+        raise RequestError(f"unknown simulator scenario {name!r} (known: {known})", "unknown_scenario")
+    return scenario
+
+
+def _parse_params(args: str) -> Params:
+    values: dict[str, Any] = {}
+    for item in args.split():
+        key, _, raw = item.partition("=")
+        if key not in _PARAM_TYPES or not raw:
+            raise RequestError(f"bad simulator directive argument {item!r}", "bad_directive")
+        name, convert = _PARAM_TYPES[key]
+        try:
+            value = convert(raw)
+        except ValueError as exc:
+            raise RequestError(f"bad value in simulator directive: {item!r}", "bad_directive") from exc
+        if value < 0:
+            raise RequestError(f"negative value in simulator directive: {item!r}", "bad_directive")
+        values[name] = value
+    return dataclasses.replace(Params(), **values)
+
+
+def conversation_step(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Completed tool rounds: assistant tool-call turns, or runs of tool results.
+
+    Counting runs (not tool messages) keeps a round with two parallel calls one step, and
+    taking the max still works for a client that does not echo assistant ``tool_calls``.
+    """
+    calls = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
+    runs, previous = 0, None
+    for message in messages:
+        role = message.get("role")
+        runs += role == "tool" and previous != "tool"
+        previous = role
+    return max(calls, runs)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _error_body(message: str, kind: str, code: str) -> bytes:
+    return _json({"error": {"message": message, "type": kind, "code": code}})
+
+
+def _text_tokens(text: str) -> Iterator[str]:
+    # A word with its leading whitespace is one token; joined, the tokens give back ``text``.
+    return (m.group() for m in re.finditer(r"\s*\S+|\s+", text))
+
+
+def _call_id(step: int, index: int) -> str:
+    return f"call_sim_{step}_{index}"
+
+
+def deltas(reply: Reply, step: int) -> Iterator[dict[str, Any]]:
+    """The reply as OpenAI streaming deltas, one per token; the role rides on the first."""
+    if reply.text or not reply.tool_calls:
+        yield {"role": "assistant", "content": ""}
+        for token in _text_tokens(reply.text):
+            yield {"content": token}
+    for index, call in enumerate(reply.tool_calls):
+        function = {"name": call.name, "arguments": ""}
+        head = {"index": index, "id": _call_id(step, index), "type": "function", "function": function}
+        first: dict[str, Any] = {"tool_calls": [head]}
+        if index == 0 and not reply.text:  # as OpenAI does: no text, so the role comes with the call
+            first = {"role": "assistant", "content": None} | first
+        yield first
+        for start in range(0, len(call.arguments), _ARG_FRAGMENT_CHARS):
+            piece = call.arguments[start : start + _ARG_FRAGMENT_CHARS]
+            yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """The fields every chunk/completion of one response shares."""
+
+    id: str
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created}
+        return _json(base | {"model": self.model, "choices": choices} | extra)
+
+    def completion(self, reply: Reply, step: int, usage: dict[str, int]) -> bytes:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+        if reply.tool_calls:
+            message["tool_calls"] = [_full_call(step, i, call) for i, call in enumerate(reply.tool_calls)]
+        choice = {"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}
+        base = {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model}
+        return _json(base | {"choices": [choice], "usage": usage})
+
+
+def _full_call(step: int, index: int, call: ToolCall) -> dict[str, Any]:
+    function = {"name": call.name, "arguments": call.arguments}
+    return {"id": _call_id(step, index), "type": "function", "function": function}
+
+
+def _usage(request: ChatRequest, completion_tokens: int) -> dict[str, int]:
+    prompt_tokens = max(1, len(_json(request.messages)) // 4)  # the usual ~4 chars per token
+    total = prompt_tokens + completion_tokens
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+
+# --------------------------------------------------------------------------- one HTTP exchange
+
+
+class _ClientGone(Exception):
+    """``send`` failed: the client went away (ASGI servers raise OSError then)."""
+
+
+class _Exchange:
+    """The send side of one recorded response; every write is reflected in the record."""
+
+    def __init__(self, send: Send, recorder: Recorder, seq: int) -> None:
+        self._send, self._recorder, self.seq = send, recorder, seq
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await self._deliver({"type": "http.response.start", "status": status, "headers": headers})
+        self._recorder.note_status(self.seq, status)
+
+    async def body(self, data: bytes, *, events: int, more: bool) -> None:
+        await self._deliver({"type": "http.response.body", "body": data, "more_body": more})
+        now = time.monotonic()
+        if events:
+            self._recorder.note_chunks(self.seq, events, now)
+        if not more:
+            self._recorder.note_finished(self.seq, now)
+
+    async def json(self, status: int, body: bytes, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        await self.start(status, [*_json_headers(body), *extra])
+        await self.body(body, events=1, more=False)
+
+    def note_disconnect(self) -> None:
+        self._recorder.note_disconnected(self.seq, time.monotonic())
+
+    async def _deliver(self, message: Message) -> None:
+        try:
+            await self._send(message)
+        except OSError as exc:
+            self.note_disconnect()
+            raise _ClientGone from exc
+
+
+class _EventWriter:
+    """Writes SSE ``data:`` events, one per paced token, batching them when unpaced."""
+
+    def __init__(self, exchange: _Exchange, pace_s: float) -> None:
+        self._exchange, self._pace_s = exchange, pace_s
+        self._buffer = bytearray()
+        self._pending = 0
+
+    async def event(self, data: bytes, *, paced: bool = True) -> None:
+        if paced and self._pace_s > 0:
+            await asyncio.sleep(self._pace_s)
+        self._buffer += b"data: " + data + b"\n\n"
+        self._pending += 1
+        if self._pace_s > 0 or len(self._buffer) >= _BATCH_BYTES:
+            await self._flush(more=True)
+
+    async def close(self) -> None:
+        await self._flush(more=False)
+
+    async def _flush(self, *, more: bool) -> None:
+        data, events = bytes(self._buffer), self._pending
+        self._buffer.clear()
+        self._pending = 0
+        await self._exchange.body(data, events=events, more=more)
+        if more and self._pace_s == 0:
+            await asyncio.sleep(0)  # an unpaced stream must still let the disconnect watcher run
+
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+
+
+def _json_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+
+# --------------------------------------------------------------------------- the ASGI app
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything needed to answer one resolved chat request."""
+
+    request: ChatRequest
+    scenario: str
+    reply: Reply
+    step: int
+    pace_s: float
+    envelope: _Envelope
+
+
+class SimulatorApp:
+    """The plain ASGI application (no framework: every byte on the wire is ours)."""
+
+    def __init__(self, config: SimulatorConfig, recorder: Recorder) -> None:
+        self.config, self.recorder = config, recorder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._route(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match scope["method"], scope["path"]:
+            case "POST", "/v1/chat/completions":
+                await self._chat(scope, receive, send)
+            case "GET", "/v1/models":
+                await _send_json(send, 200, _json(self._models()))
+            case "GET", "/_sim/requests":
+                run_id = parse_qs(scope["query_string"].decode()).get("run_id", [None])[0]
+                records = [dataclasses.asdict(r) for r in self.recorder.records(run_id)]
+                await _send_json(send, 200, _json(records))
+            case "GET", "/_sim/health":
+                await _send_json(send, 200, _json({"status": "ok"}))
+            case _, path:
+                await _send_json(send, 404, _error_body(f"no route for {path}", "not_found_error", "not_found"))
+
+    def _models(self) -> dict[str, Any]:
+        ids = [self.config.model, *(f"sim-{name}" for name in SCENARIOS)]
+        models = [{"id": i, "object": "model", "created": 0, "owned_by": "runforge"} for i in ids]
+        return {"object": "list", "data": models}
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started_at = time.monotonic()
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client left while still sending its request
+        try:
+            job = self._job(scope, body)
+        except RequestError as exc:
+            error = _error_body(exc.message, "invalid_request_error", exc.code)
+            await _send_json(send, exc.status, error)
+            return
+        exchange = _Exchange(send, self.recorder, self.recorder.add(self._record(job, started_at)))
+        try:
+            await _race_disconnect(receive, _answer(exchange, job), exchange)
+        except BaseException as exc:
+            self.recorder.note_failed(exchange.seq, repr(exc))
+            raise
+
+    def _job(self, scope: Scope, body: bytes) -> _Job:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request = parse_chat_request(body, headers, self.config.model)
+        scenario, params = resolve_scenario(request, self.config)
+        step = conversation_step(request.messages)
+        reply = scenario.reply(Turn(step, params))
+        pace_ms = _first_set(params.pace_ms, scenario.default_pace_ms, self.config.pace_ms)
+        envelope = _Envelope(id=f"chatcmpl-sim-{time.monotonic_ns():x}", model=request.model)
+        return _Job(request, scenario.name, reply, step, pace_ms / 1000, envelope)
+
+    def _record(self, job: _Job, started_at: float) -> RequestRecord:
+        tool_results = sum(1 for m in job.request.messages if m.get("role") == "tool")
+        return RequestRecord(
+            seq=0,
+            run_id=job.request.run_id,
+            scenario=job.scenario,
+            model=job.request.model,
+            stream=job.request.stream,
+            started_at=started_at,
+            tool_results_seen=tool_results,
+            tool_names_offered=job.request.tool_names,
+        )
+
+
+def _first_set(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
+
+
+def create_simulator_app(config: SimulatorConfig, recorder: Recorder) -> SimulatorApp:
+    return SimulatorApp(config, recorder)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Lifespan is off in SimulatorServer; this only keeps the app correct if someone enables it.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": _json_headers(body)})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _race_disconnect(receive: Receive, work: Coroutine[Any, Any, None], exchange: _Exchange) -> None:
+    """Run ``work`` while a watcher awaits ``http.disconnect``; whichever ends first wins.
+
+    The watcher records the disconnect itself, the moment ``receive()`` returns, so the
+    timestamp does not wait for the producer to wake up from its pacing sleep.
+    """
+    producer = asyncio.create_task(work)
+    watcher = asyncio.create_task(_watch_disconnect(receive, exchange))
+    try:
+        await asyncio.wait((producer, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        producer.cancel()
+        watcher.cancel()
+        await asyncio.gather(producer, watcher, return_exceptions=True)
+    if producer.done() and not producer.cancelled():
+        error = producer.exception()
+        if error is not None and not isinstance(error, _ClientGone):
+            raise error
+
+
+async def _watch_disconnect(receive: Receive, exchange: _Exchange) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    # After a completed response uvicorn also reports a disconnect; the recorder ignores it.
+    exchange.note_disconnect()
+
+
+async def _answer(exchange: _Exchange, job: _Job) -> None:
+    reply = job.reply
+    if reply.header_delay_s:
+        await asyncio.sleep(reply.header_delay_s)
+    if reply.http_status is not None:
+        await _answer_http_error(exchange, reply.http_status)
+    elif job.request.stream:
+        await _answer_stream(exchange, job)
+    else:
+        await _answer_whole(exchange, job)
+
+
+async def _answer_http_error(exchange: _Exchange, status: int) -> None:
+    kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    body = _error_body(f"simulated HTTP {status}", kind, f"sim_http_{status}")
+    # retry-after: 0 lets a retrying client come back at once instead of backing off.
+    extra = [(b"retry-after", b"0")] if status == 429 else []
+    await exchange.json(status, body, extra)
+
+
+async def _answer_stream(exchange: _Exchange, job: _Job) -> None:
+    await exchange.start(200, _SSE_HEADERS)
+    if job.reply.first_token_delay_s:
+        await asyncio.sleep(job.reply.first_token_delay_s)
+    writer = _EventWriter(exchange, job.pace_s)
+    tokens = 0
+    for delta in deltas(job.reply, job.step):
+        fault = job.reply.fault
+        if fault and tokens == fault.after and not await _inject_fault(writer, fault):
+            return
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        await writer.event(job.envelope.chunk([choice]))
+        tokens += 1
+    await _finish_stream(writer, job, tokens)
+
+
+async def _inject_fault(writer: _EventWriter, fault: Fault) -> bool:
+    """Send the broken event; return whether the stream goes on afterwards."""
+    if fault.kind == "malformed":
+        await writer.event(b"{not json", paced=False)
+        return True
+    await writer.event(_error_body("simulated upstream failure", "server_error", "sim_error"), paced=False)
+    await writer.close()  # a failing upstream ends the stream without [DONE]
+    return False
+
+
+async def _finish_stream(writer: _EventWriter, job: _Job, tokens: int) -> None:
+    last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": job.reply.finish_reason}
+    await writer.event(job.envelope.chunk([last]), paced=False)
+    if job.request.include_usage:
+        await writer.event(job.envelope.chunk([], usage=_usage(job.request, tokens)), paced=False)
+    await writer.event(b"[DONE]", paced=False)
+    await writer.close()
+
+
+async def _answer_whole(exchange: _Exchange, job: _Job) -> None:
+    """Non-streaming: the same content, after the same total delay, in one body."""
+    reply = job.reply
+    tokens = sum(1 for _ in deltas(reply, job.step))
+    if reply.fault:
+        tokens = reply.fault.after
+    await asyncio.sleep(reply.first_token_delay_s + tokens * job.pace_s)
+    if reply.fault and reply.fault.kind == "error":
+        await exchange.json(500, _error_body("simulated upstream failure", "server_error", "sim_error"))
+    elif reply.fault:
+        await exchange.json(200, b"{not json")
+    else:
+        await exchange.json(200, job.envelope.completion(reply, job.step, _usage(job.request, tokens)))
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class _ReadyServer(uvicorn.Server):
+    """A uvicorn.Server that reports the end of its startup, success or not, via an Event."""
+
+    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
+        super().__init__(config)
+        self._ready = ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self._ready.set()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    # Binding ourselves (instead of letting uvicorn do it) makes port 0 usable: the real
+    # port is known before the server thread starts.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
+def _uvicorn_config(app: SimulatorApp, *, embedded: bool) -> uvicorn.Config:
+    common: dict[str, Any] = {"lifespan": "off", "ws": "none", "timeout_graceful_shutdown": 1}
+    if embedded:
+        # uvicorn's logging settings are process-wide: log_config is a dictConfig of the
+        # "uvicorn.*" loggers, log_level sets their levels and access_log=False strips the
+        # access logger's handlers. Embedded, any of them would reconfigure the host's own
+        # uvicorn (the Runforge API server), so leave logging entirely alone.
+        return uvicorn.Config(app, log_config=None, log_level=None, **common)
+    return uvicorn.Config(app, log_level="warning", access_log=False, **common)
+
+
+class SimulatorServer:
+    """Runs the simulator in a daemon thread with its own event loop (and no signal handlers)."""
+
+    def __init__(self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._config = config or SimulatorConfig()
+        self._host, self._requested_port = host, port
+        self._recorder = Recorder()
+        self._socket: socket.socket | None = None
+        self._port: int | None = None
+        self._server: _ReadyServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("simulator is not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}/v1"
+
+    def start(self) -> SimulatorServer:
+        if self._thread is not None:
+            raise RuntimeError("simulator already started")
+        self._socket = _bind(self._host, self._requested_port)
+        self._port = int(self._socket.getsockname()[1])
+        app = create_simulator_app(self._config, self._recorder)
+        self._server = _ReadyServer(_uvicorn_config(app, embedded=True), self._ready)
+        self._thread = threading.Thread(target=self._serve, name="runforge-llm-simulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_STARTUP_TIMEOUT_S) or not self._server.started:
+            self.stop()
+            raise RuntimeError("LLM simulator failed to start") from self._failure
+        return self
+
+    def _serve(self) -> None:
+        assert self._server is not None
+        assert self._socket is not None
+        try:
+            self._server.run(sockets=[self._socket])
+        except BaseException as exc:  # uvicorn reports startup failures as SystemExit
+            self._failure = exc
+        finally:
+            self._socket.close()
+            self._ready.set()  # unblock start() whatever happened
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(_JOIN_TIMEOUT_S)
+        if self._thread.is_alive():  # connections did not drain: stop waiting for them
+            self._server.force_exit = True
+            self._thread.join(_JOIN_TIMEOUT_S)
+
+    def __enter__(self) -> SimulatorServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- standalone
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the Runforge LLM simulator in the foreground.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--pace-ms", type=float, default=SimulatorConfig.pace_ms)
+    parser.add_argument("--default-scenario", default=SimulatorConfig.default_scenario, choices=list(SCENARIOS))
+    args = parser.parse_args(argv)
+    config = SimulatorConfig(pace_ms=args.pace_ms, default_scenario=args.default_scenario)
+    sock = _bind(args.host, args.port)
+    app = create_simulator_app(config, Recorder())
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"LLM simulator listening on http://{host}:{sock.getsockname()[1]}/v1", flush=True)
+    # uvicorn re-raises the captured SIGINT after its graceful shutdown: Ctrl+C is a clean exit.
+    with contextlib.closing(sock), contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(_uvicorn_config(app, embedded=False)).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
