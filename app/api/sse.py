@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from app.control.cancel import StopReason
 from app.control.run import OnDisconnect, Run
@@ -19,9 +19,9 @@ SHUTDOWN_GRACE_S = 2.0
 
 
 def event_stream(services: Services, run: Run, after_seq: int, on_disconnect: OnDisconnect) -> EventSourceResponse:
-    async def events() -> AsyncIterator[ServerSentEvent]:
-        async for event in run.log.follow(after_seq):
-            yield ServerSentEvent(data=event.data, event=event.sse_event, id=f"{run.id}:{event.seq}")
+    async def events() -> AsyncIterator[bytes]:
+        async for batch in run.log.follow(after_seq):
+            yield b"".join(event.wire for event in batch)
 
     async def on_client_close(_: Any) -> None:
         if on_disconnect is OnDisconnect.CANCEL:

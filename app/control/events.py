@@ -94,28 +94,29 @@ class Failed:
 
 
 RunEvent = RunStarted | TextDelta | ToolCallStarted | ToolCallFinished | Done | Interrupted | Failed
-TERMINAL_KINDS = frozenset({Done.kind, Interrupted.kind, Failed.kind})
 
 
 @dataclass(frozen=True, slots=True)
 class LoggedEvent:
-    """An event as stored in a run's log: numbered, and encoded once for every subscriber."""
+    """An event as stored in a run's log: numbered, and encoded once for every subscriber.
+
+    ``wire`` is the complete SSE frame (id, event name, data), so streams send bytes as they
+    are instead of re-encoding every event for every subscriber.
+    """
 
     seq: int
     kind: str
     data: str
-
-    @property
-    def terminal(self) -> bool:
-        return self.kind in TERMINAL_KINDS
-
-    @property
-    def sse_event(self) -> str | None:
-        return None if self.kind == TextDelta.kind else self.kind
+    wire: bytes
 
 
 _encoder = msgspec.json.Encoder()
+SSE_SEPARATOR = "\r\n"  # what sse-starlette uses for its own frames (pings)
 
 
-def encode(run_id: str, event: RunEvent) -> str:
-    return _encoder.encode({**event.payload(), "runId": run_id}).decode()
+def log_event(run_id: str, seq: int, event: RunEvent) -> LoggedEvent:
+    # Compact JSON never contains a raw newline, so the data fits one `data:` line.
+    data = _encoder.encode({**event.payload(), "runId": run_id}).decode()
+    name = "" if event.kind == TextDelta.kind else f"event: {event.kind}{SSE_SEPARATOR}"
+    wire = f"id: {run_id}:{seq}{SSE_SEPARATOR}{name}data: {data}{SSE_SEPARATOR}{SSE_SEPARATOR}"
+    return LoggedEvent(seq, event.kind, data, wire.encode())

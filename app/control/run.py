@@ -34,7 +34,7 @@ from app.control.events import (
     RunEvent,
     RunStarted,
     TextDelta,
-    encode,
+    log_event,
 )
 from app.control.outcomes import Completion, RunFailed
 from app.store.models import utcnow
@@ -87,24 +87,29 @@ class EventLog:
         """Append an event; returns False (and drops it) once the log is closed."""
         if self._closed:
             return False
-        logged = LoggedEvent(len(self._events) + 1, event.kind, encode(self._run_id, event))
-        self._events.append(logged)
+        self._events.append(log_event(self._run_id, len(self._events) + 1, event))
         self._closed = event.terminal
         # Wake every follower, and give later waiters a fresh event.
         self._wakeup.set()
         self._wakeup = asyncio.Event()
         return True
 
-    async def follow(self, after_seq: int = 0) -> AsyncIterator[LoggedEvent]:
-        """Yield events with seq > after_seq, live, until the terminal one."""
+    async def follow(self, after_seq: int = 0) -> AsyncIterator[list[LoggedEvent]]:
+        """Yield batches of events with seq > after_seq, live, until the terminal one.
+
+        A batch is everything appended since the follower last woke: one write for a
+        subscriber that fell behind, instead of one per event.
+        """
         index = max(after_seq, 0)
         while True:
-            while index < len(self._events):
-                index += 1
-                yield self._events[index - 1]
-            if self._closed:
+            if index < len(self._events):
+                batch = self._events[index:]
+                index += len(batch)
+                yield batch
+            elif self._closed:
                 return
-            await self._wakeup.wait()
+            else:
+                await self._wakeup.wait()
 
 
 @dataclass(slots=True)
