@@ -10,13 +10,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
-
 from app.agent.prompts import system_prompt
 from app.agent.steps import PendingToolCall, StepOutput, ToolCall
 from app.control.events import ToolCallFinished, ToolCallStarted
 from app.control.outcomes import Completion
 from app.control.run import Run, ToolCallRecord
+from app.llm.chunks import ToolCallDelta
 from app.llm.client import LLMClient
 from app.tools import TOOL_SPECS, execute_tool
 
@@ -83,7 +82,7 @@ async def stream_step(run: Run, llm: LLMClient, messages: list[dict[str, Any]]) 
     return StepOutput("".join(text), calls)
 
 
-def _accumulate(pending: dict[int, PendingToolCall], deltas: list[ChoiceDeltaToolCall]) -> None:
+def _accumulate(pending: dict[int, PendingToolCall], deltas: list[ToolCallDelta]) -> None:
     for delta in deltas:
         call = pending.setdefault(delta.index, PendingToolCall())
         if delta.id:

@@ -7,15 +7,15 @@ connection open for over a second), which also runs when the run's task is cance
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import httpx2
 import openai
-from openai.types.chat import ChatCompletionChunk
 
 from app.control.outcomes import RunFailed
+from app.llm.chunks import Chunk, MalformedChunk, iter_chunks
 from app.settings import LLMSettings
 
 # Sent on every upstream request so the simulator (and provider logs) can tie it to a run.
@@ -43,8 +43,12 @@ class LLMClient:
         messages: Sequence[dict[str, Any]],
         tools: Sequence[dict[str, Any]],
         run_id: str,
-    ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
-        """Open a streaming completion; the response is closed when the block exits."""
+    ) -> AsyncIterator[AsyncIterator[Chunk]]:
+        """Open a streaming completion; the response is closed when the block exits.
+
+        The SDK sends the request; the body is decoded by :func:`iter_chunks` (see
+        app/llm/chunks.py for why), reading the SDK stream's own HTTP response.
+        """
         try:
             stream = await self._client.chat.completions.create(
                 model=self.model,
@@ -56,14 +60,27 @@ class LLMClient:
                 extra_headers={RUN_ID_HEADER: run_id},
             )
             async with stream:
-                yield stream
+                yield _checked(iter_chunks(stream.response.aiter_lines()))
         except openai.APIError as exc:
             raise translate_error(exc) from exc
-        except json.JSONDecodeError as exc:
+        except MalformedChunk as exc:
             raise UpstreamError("upstream_malformed", "the model sent a malformed stream chunk") from exc
+        except httpx2.TimeoutException as exc:
+            raise UpstreamError("upstream_timeout", "the model stopped sending data") from exc
+        except httpx2.TransportError as exc:
+            raise UpstreamError("upstream_unavailable", "the connection to the model provider was lost") from exc
 
     async def close(self) -> None:
         await self._client.close()
+
+
+async def _checked(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """Turn an in-stream error object into a failure instead of a chunk."""
+    async for chunk in chunks:
+        if chunk.error is not None:
+            detail = chunk.error.message or "an error occurred during streaming"
+            raise UpstreamError("upstream_error", f"the model provider failed: {_short(detail)}")
+        yield chunk
 
 
 def translate_error(exc: openai.APIError) -> UpstreamError:

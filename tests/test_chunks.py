@@ -1,0 +1,62 @@
+"""The SSE chunk decoder that replaces the SDK's typed parsing on the hot path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from app.llm.chunks import Chunk, MalformedChunk, iter_chunks
+
+
+async def lines(*items: str) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+async def decode_all(*items: str) -> list[Chunk]:
+    return [chunk async for chunk in iter_chunks(lines(*items))]
+
+
+async def test_text_tool_calls_usage_and_done() -> None:
+    chunks = await decode_all(
+        'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"}}]}',
+        "",
+        ": keepalive comment",
+        "",
+        'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"c1","type":"function",'
+        '"function":{"name":"write_file","arguments":"{\\"pa"}}]}}]}',
+        "",
+        'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}',
+        "",
+        "data: [DONE]",
+        "",
+        'data: {"choices":[{"delta":{"content":"after done is never read"}}]}',
+        "",
+    )
+    assert len(chunks) == 3
+    assert chunks[0].choices[0].delta.content == "Hi"
+    call = chunks[1].choices[0].delta.tool_calls
+    assert call is not None
+    assert (call[0].index, call[0].id) == (1, "c1")
+    assert call[0].function is not None
+    assert (call[0].function.name, call[0].function.arguments) == ("write_file", '{"pa')
+    assert chunks[2].usage is not None
+    assert (chunks[2].usage.prompt_tokens, chunks[2].usage.completion_tokens) == (7, 3)
+
+
+async def test_data_without_space_and_unterminated_last_event() -> None:
+    chunks = await decode_all('data:{"choices":[{"delta":{"content":"a"}}]}', "", 'data: {"choices":[]}')
+    assert [c.choices[0].delta.content for c in chunks[:1]] == ["a"]
+    assert len(chunks) == 2
+
+
+async def test_error_object_is_a_chunk_with_error() -> None:
+    (chunk,) = await decode_all('data: {"error":{"message":"boom","type":"server_error","code":"x"}}', "")
+    assert chunk.error is not None
+    assert chunk.error.message == "boom"
+
+
+async def test_malformed_data_raises() -> None:
+    with pytest.raises(MalformedChunk):
+        await decode_all("data: {not json", "")
