@@ -13,72 +13,10 @@ import pytest
 
 from app.control.cancel import RunCancelled, StopGate, StopReason
 from app.tools import MAX_ARGUMENT_CHARS, TOOL_SPECS, ToolResult, execute_tool
-from app.workspace.fs import CORE_FILES, MAX_DIR_ENTRIES, MAX_WRITE_BYTES
+from app.workspace.fs import MAX_DIR_ENTRIES, MAX_WRITE_BYTES
+from tests.hostile_paths import HOSTILE, make_workspace
 
-# Same corpus idea as tests/test_workspace.py, kept local so each file stands alone.
-HOSTILE = [
-    "",
-    "..",
-    "../",
-    "../x",
-    "../../x",
-    "./../x",
-    "a/../../x",
-    "a/../x",
-    "a/b/../../../x",
-    "../sibling/new.txt",
-    "/etc/passwd",
-    "/",
-    "//x",
-    "C:\\x",
-    "C:x",
-    "c:/x",
-    "\\\\server\\share",
-    "\\\\?\\C:\\x",
-    "a\\b",
-    "..\\sibling\\x",
-    "a\x00b",
-    "\x00",
-    "a\nb",
-    "\x1b[31m",
-    "%2e%2e%2fsibling",
-    "%2e%2e/sibling/x",
-    "..%2fsibling",
-    "%2E%2E%2Fx",
-    "a%5cb",
-    "%252e%252e%252fx",
-    "x" * 256,
-    "é" * 128,
-    "a/" * 600,
-    "out_file",
-    "out_dir",
-    "out_dir/secret.txt",
-    "out_dir/new.txt",
-    "sub/esc/secret.txt",
-    "sub/esc/new/deep.txt",
-    "dangling",
-    "up/outside/secret.txt",
-    "up/sibling/new.txt",
-]
 PATH_TOOLS = ["list_dir", "read_file", "write_file", "modify_file", "delete_file"]
-
-
-def make_workspace(base: Path) -> Path:
-    """ws/ with a small Vue project and symlinks pointing out to base/outside and base/sibling."""
-    ws, outside = base / "ws", base / "outside"
-    (ws / "src").mkdir(parents=True)
-    (ws / "sub").mkdir()
-    outside.mkdir()
-    (base / "sibling").mkdir()
-    (outside / "secret.txt").write_text("top secret")
-    for core in CORE_FILES:
-        (ws / core).write_text(f"core {core}\n")
-    (ws / "out_file").symlink_to(outside / "secret.txt")
-    (ws / "out_dir").symlink_to("../outside")
-    (ws / "sub" / "esc").symlink_to(outside)
-    (ws / "dangling").symlink_to(outside / "created.txt")
-    (ws / "up").symlink_to("..")
-    return ws
 
 
 def snapshot(base: Path) -> dict[str, bytes | None]:
