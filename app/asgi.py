@@ -12,7 +12,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Scope
 
 from app.api.apps import AppsController
 from app.api.chat import ChatController
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> Litestar:
         },
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        middleware=[request_id_middleware],
+        before_send=[echo_request_id],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="Runforge", version="0.1.0", path="/schema"),
         debug=False,
@@ -63,26 +63,16 @@ async def _stop_runs_on_signal(services: Services) -> None:
     await services.manager.shutdown(services.settings.shutdown_grace_s)
 
 
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Echo a client's X-Request-Id. Wraps only `send`: it never buffers, so disconnects still reach handlers."""
+async def echo_request_id(message: Message, scope: Scope) -> None:
+    """Echo a client's X-Request-Id on every response, routing errors included.
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
+    A before-send hook only touches the response start message: nothing is buffered, so
+    disconnects still reach streaming handlers at once.
+    """
+    if message["type"] == "http.response.start" and scope["type"] == ScopeType.HTTP:
         request_id = _request_id(scope)
-        if request_id is None:
-            await app(scope, receive, send)
-            return
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableScopeHeaders.from_message(message)["X-Request-Id"] = request_id
-            await send(message)
-
-        await app(scope, receive, send_with_id)
-
-    return middleware
+        if request_id is not None:
+            MutableScopeHeaders.from_message(message)["X-Request-Id"] = request_id
 
 
 def _request_id(scope: Scope) -> str | None:

@@ -67,13 +67,16 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         host=args.host or settings.host, port=settings.port if args.port is None else args.port
     )
     token = asyncio.run(_bootstrap_local_user(settings))
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    # An explicit IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
         print(f"runforge: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 1
+    sock.listen(2048)  # connections made after the banner queue until uvicorn accepts them
     port = sock.getsockname()[1]
     _print_banner(settings, port, token)
     config = uvicorn.Config(

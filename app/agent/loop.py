@@ -6,6 +6,7 @@ task cancellation at every ``await``. Side effects themselves commit through the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ class AgentDeps:
 
 
 async def run_agent(run: Run, deps: AgentDeps) -> Completion:
+    # The model may list the workspace before anything was written to it.
+    await asyncio.to_thread(run.workspace.mkdir, parents=True, exist_ok=True)
     messages = initial_messages(await deps.load_history(run.app_id), run.message)
     for step in range(1, deps.max_steps + 1):
         run.gate.check()  # no follow-up request after a stop

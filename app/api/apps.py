@@ -86,7 +86,7 @@ class AppsController(Controller):
     ) -> dict[str, Any]:
         await owned_app(services, user, app_id)
         root = services.workspace(app_id)
-        relative = path.lstrip("/")
+        relative = path.removeprefix("/")  # Litestar keeps the leading slash of a path param
         try:
             resolve_in_workspace(root, relative)
             content = await asyncio.to_thread(read_text, root, relative)

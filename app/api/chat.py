@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import CurrentUser, ServicesDep, check_run_id, owned_app
+from app.api.deps import RUN_ID_PATTERN, CurrentUser, ServicesDep, check_run_id, owned_app
 from app.api.sse import event_stream
 from app.control.cancel import StopReason
 from app.control.manager import Multitask, RunRequest
@@ -79,7 +79,7 @@ async def start_run(
             f"message is longer than {services.settings.max_message_chars} characters",
             code="message_too_large",
         )
-    run_id = check_run_id(gen.runId or request.headers.get("x-request-id") or uuid.uuid4().hex)
+    run_id = check_run_id(gen.runId) if gen.runId else _run_id_from(request)
     await owned_app(services, user, gen.appId)
     run = await services.manager.start(
         RunRequest(
@@ -93,6 +93,12 @@ async def start_run(
         )
     )
     return event_stream(services, run, 0, gen.onDisconnect)
+
+
+def _run_id_from(request: Request[Any, Any, Any]) -> str:
+    """X-Request-Id becomes the run id when it is a valid one; else a fresh id."""
+    request_id = request.headers.get("x-request-id", "")
+    return request_id if RUN_ID_PATTERN.fullmatch(request_id) else uuid.uuid4().hex
 
 
 async def stop_run(services: Services, user: User, run_id: str) -> Response[dict[str, Any]]:

@@ -15,7 +15,7 @@ from app.api.deps import CurrentUser, ServicesDep
 from app.api.sse import event_stream, parse_last_event_id
 from app.api.views import live_run_view, row_run_view
 from app.control.run import OnDisconnect, Run
-from app.errors import Conflict, Forbidden, NotFound
+from app.errors import BadRequest, Conflict, Forbidden, NotFound
 from app.services import Services
 from app.store.models import Run as RunRow
 from app.store.models import User
@@ -55,6 +55,11 @@ class RunsController(Controller):
 def _join_live(services: Services, run: Run, after: int, on_disconnect: OnDisconnect) -> ASGIApp:
     if run.log.closed and after >= run.log.last_seq:
         return NO_CONTENT
+    if after > run.log.last_seq:
+        raise BadRequest(
+            f"Last-Event-ID is ahead of the run: its last event is {run.id}:{run.log.last_seq}",
+            code="invalid_last_event_id",
+        )
     return cast(ASGIApp, event_stream(services, run, after, on_disconnect))
 
 
