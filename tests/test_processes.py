@@ -1,0 +1,301 @@
+"""The real `runforge` command in subprocesses: user add, serve, SIGTERM, a crash, and `runforge run`."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import os
+import re
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from tests.support import HANG_TIMEOUT_S, ServerThread, collect, gen_url, open_stream
+
+REPO = Path(__file__).resolve().parents[1]
+LONG = "[sim:long_text pace=20 tokens=100000]"
+EXIT_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Child:
+    """A `python -m app ...` subprocess; stdout is read incrementally, stderr goes to a log file."""
+
+    proc: asyncio.subprocess.Process
+    log: Path
+    output: str = ""
+    _decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
+
+    async def expect(self, pattern: str) -> re.Match[str]:
+        """Read stdout until `pattern` matches somewhere in everything printed so far."""
+        regex = re.compile(pattern)
+        async with asyncio.timeout(HANG_TIMEOUT_S):
+            while (match := regex.search(self.output)) is None:
+                if not await self._read():
+                    raise AssertionError(f"stdout ended before {pattern!r}:\n{self.output}\n{self.stderr()}")
+        return match
+
+    async def finish(self) -> int:
+        """Read stdout to its end and return the exit code."""
+        async with asyncio.timeout(EXIT_TIMEOUT_S):
+            while await self._read():
+                pass
+            return await self.proc.wait()
+
+    def stderr(self) -> str:
+        return "--- stderr:\n" + self.log.read_text(errors="replace")
+
+    async def _read(self) -> bool:
+        assert self.proc.stdout is not None
+        chunk = await self.proc.stdout.read(4096)
+        self.output += self._decoder.decode(chunk, final=not chunk)
+        return bool(chunk)
+
+
+Spawn = Callable[..., Awaitable[Child]]
+
+
+def child_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFORGE_", "OPENAI_"))}
+    env.update(
+        RUNFORGE_DATA_DIR=str(data_dir),
+        RUNFORGE_PORT="0",
+        RUNFORGE_SIM_PACE_MS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def open_log(path: Path) -> IO[bytes]:
+    return path.open("wb")
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    children: list[Child] = []
+    logs: list[IO[bytes]] = []
+
+    async def start(*args: str, data_dir: Path) -> Child:
+        log_path = tmp_path / f"child-{len(children)}.log"
+        log = open_log(log_path)
+        logs.append(log)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app",
+            *args,
+            cwd=REPO,
+            env=child_env(data_dir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+        )
+        child = Child(proc, log_path)
+        children.append(child)
+        return child
+
+    try:
+        yield start
+    finally:
+        for child in children:
+            if child.proc.returncode is None:
+                child.proc.kill()
+            await child.proc.wait()
+        for log in logs:
+            log.close()
+
+
+@dataclass
+class ServeProcess:
+    child: Child
+    url: str
+    token: str | None
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0)
+
+
+async def start_serve(spawn: Spawn, data_dir: Path) -> ServeProcess:
+    child = await spawn("serve", "--port", "0", "--no-access-log", data_dir=data_dir)
+    url = (await child.expect(r"Runforge listening on (http://127\.0\.0\.1:\d+)\n"))[1]
+    login = await child.expect(r"\nLogin(?: URL: (\S+)|: .*)\n")
+    token = None
+    if login[1] is not None:
+        token_match = re.fullmatch(re.escape(url) + r"/\?token=([\w-]+)", login[1])
+        assert token_match is not None, login[1]
+        token = token_match[1]
+    # The banner is printed once the port is bound; requests are answered once the app has started.
+    async with httpx.AsyncClient(base_url=url, timeout=HANG_TIMEOUT_S) as http, asyncio.timeout(HANG_TIMEOUT_S):
+        while True:
+            try:
+                if (await http.get("/healthz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert child.proc.returncode is None, child.stderr()
+            await asyncio.sleep(0.02)
+    return ServeProcess(child, url, token)
+
+
+def run_row(data_dir: Path, run_id: str) -> dict[str, Any]:
+    with sqlite3.connect(data_dir / "runforge.db") as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    assert row is not None, run_id
+    return dict(row)
+
+
+async def wait_for_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
+    latest: dict[str, Any] = {}
+    async with asyncio.timeout(HANG_TIMEOUT_S):
+        while latest.get("status") != status or latest.get("live"):
+            if latest:
+                await asyncio.sleep(0.005)
+            latest = (await client.get(f"/runs/{run_id}")).json()
+    return latest
+
+
+# -- runforge user add ---------------------------------------------------------------------------
+
+
+async def test_user_add_prints_the_token_last(server: ServerThread, spawn: Spawn) -> None:
+    data_dir = server.settings.data_dir
+    added = await spawn("user", "add", "carol", data_dir=data_dir)
+    assert await added.finish() == 0, added.stderr()
+    token = added.output.rstrip("\n").splitlines()[-1]
+    assert re.fullmatch(r"[\w-]{32,}", token), added.output
+
+    # The server on the same data directory accepts it at once.
+    async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        created = await http.post("/apps", json={"name": "carol's"}, headers=headers)
+        assert created.status_code == 201
+        assert [a["id"] for a in (await http.get("/apps", headers=headers)).json()] == [created.json()["id"]]
+
+    again = await spawn("user", "add", "carol", data_dir=data_dir)
+    assert await again.finish() != 0
+    assert token not in again.output
+    assert "already exists" in again.stderr()
+
+
+# -- runforge serve ------------------------------------------------------------------------------
+
+
+async def test_serve_prints_a_banner_with_a_login_url(spawn: Spawn, tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    first = await start_serve(spawn, data_dir)
+    assert re.search(r"^LLM: embedded simulator\b", first.child.output, re.MULTILINE), first.child.output
+    assert first.token is not None, first.child.output
+    async with first.client() as http:
+        assert (await http.get("/apps")).status_code == 200
+        assert (await http.get("/healthz")).json()["llm"] == "simulator"
+        login = await http.get(f"/?token={first.token}", headers={"Authorization": ""})
+        assert login.status_code == 303
+    first.child.proc.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: -SIGTERM is a clean exit here.
+    assert await first.child.finish() in (0, -signal.SIGTERM), first.child.stderr()
+    assert "Application shutdown complete" in first.child.stderr()
+
+    # A second start on the same data directory shows the same login URL again.
+    second = await start_serve(spawn, data_dir)
+    assert second.token == first.token
+    async with second.client() as http:
+        assert (await http.get("/apps")).status_code == 200
+
+
+# -- SIGTERM and crashes -------------------------------------------------------------------------
+
+
+async def test_sigterm_interrupts_running_streams_and_exits(spawn: Spawn, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    serve = await start_serve(spawn, data_dir)
+    async with serve.client() as http:
+        app_id = (await http.post("/apps", json={"name": "term"})).json()["id"]
+        async with open_stream(http, "GET", gen_url(app_id, f"essay {LONG}", runId="r-term")) as (_, events):
+            before = await collect(events, until=lambda e: e.event == "message" and e.seq >= 4)
+            serve.child.proc.send_signal(signal.SIGTERM)
+            after = await collect(events)
+    assert [e.event for e in before] == ["run", "message", "message", "message"]
+    assert after[-1].event == "interrupted"
+    assert after[-1].data == {"reason": "shutdown", "runId": "r-term"}
+    assert {e.event for e in after[:-1]} <= {"message"}
+    async with asyncio.timeout(EXIT_TIMEOUT_S):
+        returncode = await serve.child.proc.wait()
+    assert returncode in (0, -signal.SIGTERM), serve.child.stderr()  # uvicorn re-raises the signal it caught
+    assert "Application shutdown complete" in serve.child.stderr()
+
+    row = run_row(data_dir, "r-term")
+    assert (row["status"], row["stop_reason"]) == ("interrupted", "shutdown")
+    assert row["ended_at"] is not None
+    with sqlite3.connect(data_dir / "runforge.db") as db:
+        assert db.execute("SELECT count(*) FROM chat_messages").fetchone() == (0,)
+
+
+async def test_runs_left_by_a_crash_are_failed_on_restart(spawn: Spawn, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = await start_serve(spawn, data_dir)
+    async with first.client() as http:
+        app_id = (await http.post("/apps", json={"name": "crash"})).json()["id"]
+        url = gen_url(app_id, f"essay {LONG}", runId="r-crash", onDisconnect="continue")
+        async with open_stream(http, "GET", url) as (_, events):
+            await collect(events, until=lambda e: e.event == "message")
+            first.child.proc.kill()
+            async with asyncio.timeout(EXIT_TIMEOUT_S):
+                assert await first.child.proc.wait() == -signal.SIGKILL
+    assert run_row(data_dir, "r-crash")["status"] == "running"  # what the dead process left behind
+
+    second = await start_serve(spawn, data_dir)
+    assert second.token == first.token
+    async with second.client() as http:
+        run = (await http.get("/runs/r-crash")).json()
+        assert (run["status"], run["live"]) == ("failed", False)
+        assert run["error"]["code"] == "server_restart"
+        assert run["endedAt"] is not None
+        assert (await http.get(f"/apps/{app_id}/messages")).json() == []
+        # A stop now reports the final state instead of pretending to stop something.
+        stop = await http.post("/runs/r-crash/stop")
+        assert (stop.status_code, stop.json()["status"]) == (200, "failed")
+
+
+# -- runforge run --------------------------------------------------------------------------------
+
+
+async def test_run_command_ctrl_c_stops_the_run(
+    server: ServerThread, client: httpx.AsyncClient, token: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    cli = await spawn("run", f"essay {LONG}", "--server", server.url, "--token", token, data_dir=tmp_path / "cli")
+    app_id = (await cli.expect(r"created app (\w+)\n"))[1]
+    run_id = (await cli.expect(rf"run (\S+) on app {app_id}\n"))[1]
+    await cli.expect(rf"on app {app_id}\n\S+ \S+ \S+ ")  # some text has streamed
+    cli.proc.send_signal(signal.SIGINT)
+    assert await cli.finish() == 130, cli.output + cli.stderr()
+    assert cli.output.rstrip("\n").endswith("interrupted (user_stop)")
+
+    run = await wait_for_status(client, run_id, "interrupted")
+    assert run["stopReason"] == "user_stop"
+    assert run["appId"] == app_id
+    assert (await client.get(f"/apps/{app_id}/messages")).json() == []
+
+
+async def test_run_command_runs_to_completion(
+    server: ServerThread, client: httpx.AsyncClient, token: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    prompt = "a counter site [sim:codegen pace=1]"
+    cli = await spawn("run", prompt, "--server", server.url, "--token", token, data_dir=tmp_path / "cli")
+    assert await cli.finish() == 0, cli.output + cli.stderr()
+    assert re.search(r"^done: 3 steps, 3 tool calls, 3 files$", cli.output, re.MULTILINE), cli.output
+    app_id = re.search(r"created app (\w+)", cli.output)
+    assert app_id is not None
+    files = (await client.get(f"/apps/{app_id[1]}/files")).json()
+    assert {f["path"] for f in files} == {"index.html", "style.css", "script.js"}
+    messages = (await client.get(f"/apps/{app_id[1]}/messages")).json()
+    assert [m["role"] for m in messages] == ["user", "ai"]
+    assert messages[0]["content"] == prompt
