@@ -15,7 +15,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from app.api.deps import CurrentUser, ServicesDep, owned_app
 from app.api.views import app_view, message_view
 from app.control.cancel import StopReason
-from app.errors import BadRequest, NotFound
+from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.workspace.fs import WorkspaceError, read_text, tree
 from app.workspace.paths import PathRefused, resolve_in_workspace
 
@@ -43,7 +43,9 @@ class AppsController(Controller):
         if not name or len(name) > MAX_NAME_CHARS:
             raise BadRequest(f"name must be 1-{MAX_NAME_CHARS} characters", code="invalid_name")
         if data.initPrompt is not None and len(data.initPrompt) > services.settings.max_message_chars:
-            raise BadRequest("initPrompt is too long", code="message_too_large")
+            raise PayloadTooLarge(
+                f"initPrompt is longer than {services.settings.max_message_chars} characters", code="message_too_large"
+            )
         app = await services.apps.create(user.id, name, data.codeGenType.value, data.initPrompt)
         return app_view(app)
 
