@@ -192,6 +192,22 @@ def test_stop_before_mkdir_creates_no_dir(ws: Path) -> None:
     assert not (ws / "newdir").exists()
 
 
+def test_stop_during_a_write_into_a_new_dir_commits_nothing_and_counts_nothing(ws: Path) -> None:
+    """The directory and the rename are one commit: a refused commit leaves no empty dir behind
+    and never reports the tool call as executed (the bug the stop benchmark caught)."""
+    gate = ClosingGate()
+    gate.directory = ws / "src"  # the nearest existing directory: where the temp file is staged
+    commits: list[str] = []
+    gate.on_commit = lambda: commits.append("committed")
+    with pytest.raises(RunCancelled):
+        write_text_atomic(ws, "src/new/app.js", "data", gate)
+    assert any(name.endswith(".tmp") for name in gate.seen_at_commit)  # staged, then refused
+    assert commits == []
+    assert not (ws / "src" / "new").exists()
+    assert temp_files(ws) == []
+    assert temp_files(ws / "src") == []
+
+
 def test_write_refuses_symlink_target_even_inside(ws: Path, gate: StopGate) -> None:
     (ws / "alias.vue").symlink_to("src/App.vue")
     with pytest.raises(WorkspaceError, match="symlink"):

@@ -158,30 +158,39 @@ def _check_write_target(target: Path, shown: str) -> None:
         raise WorkspaceError(f"{shown} is a directory; give a file path")
 
 
-def _ensure_parent(parent: Path, shown: str, gate: StopGate) -> None:
-    if parent.is_dir():
-        return
+def _make_parent(parent: Path, shown: str) -> None:
     try:
-        with gate.commit():
-            parent.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise WorkspaceError(f"cannot create {shown}: a parent path is a file, not a directory") from None
 
 
-def _temp_path(target: Path) -> Path:
+def _nearest_existing_dir(path: Path) -> Path:
+    # Within the workspace (resolve_in_workspace checked the whole path), so same filesystem.
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _temp_path(target: Path, directory: Path) -> Path:
     stem = target.name.encode("utf-8")[:_TEMP_STEM_BYTES].decode("utf-8", errors="ignore")
-    return target.with_name(f".{stem}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp")
+    return directory / f".{stem}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
 
 
 def _existing_mode(target: Path) -> int | None:
     try:
         return stat.S_IMODE(os.stat(target).st_mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # new file; a file-as-parent fails at the commit
         return None
 
 
-def _replace_atomically(target: Path, data: bytes, gate: StopGate) -> None:
-    tmp = _temp_path(target)
+def _replace_atomically(target: Path, data: bytes, gate: StopGate, shown: str) -> None:
+    """Temp file, fsync, then ONE gated commit: missing parent dirs and the rename land together.
+
+    The temp file is staged in the nearest directory that already exists, so a stop that
+    refuses the commit leaves no trace at all, not even an empty new directory.
+    """
+    tmp = _temp_path(target, _nearest_existing_dir(target.parent))
     # O_EXCL|O_NOFOLLOW: never reuse or follow something already sitting at the temp name.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o666)
@@ -194,6 +203,7 @@ def _replace_atomically(target: Path, data: bytes, gate: StopGate) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         with gate.commit():
+            _make_parent(target.parent, shown)
             os.replace(tmp, target)
     except BaseException:
         # Also on RunCancelled: a stopped run leaves no trace, not even a temp file.
@@ -235,8 +245,7 @@ def write_text_atomic(root: Path, path: str, content: str, gate: StopGate) -> in
     data = _encode_content(content)
     _check_write_target(target, shown)
     gate.check()  # a stopped run should not even create a temp file
-    _ensure_parent(target.parent, shown, gate)
-    _replace_atomically(target, data, gate)
+    _replace_atomically(target, data, gate, shown)
     return len(data)
 
 
