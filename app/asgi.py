@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -34,6 +35,11 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await Services.start(settings)
         app.state.services = services
+        # Everything allocated so far lives as long as the process: keep it out of future
+        # collections (measured: full collections of ~180k start-up objects paused 35-90 ms).
+        if settings.gc_freeze:
+            gc.collect()
+            gc.freeze()
         # On SIGTERM, sse-starlette sets shutdown_signal; interrupt runs while streams are
         # still open, so every client gets `interrupted` (reason shutdown) before the exit.
         watcher = asyncio.create_task(_stop_runs_on_signal(services), name="shutdown-watcher")

@@ -42,6 +42,9 @@ class Settings:
     sse_ping_s: float = 15.0
     # How long shutdown waits for runs to record their interruption.
     shutdown_grace_s: float = 3.0
+    # Freeze start-up objects out of the garbage collector. Process-wide: right for a server
+    # process, wrong for an app embedded many times in one process (tests turn it off).
+    gc_freeze: bool = True
 
     @property
     def workspaces_dir(self) -> Path:

@@ -36,6 +36,7 @@ def settings(tmp_path: Path) -> Settings:
         llm=LLMSettings(max_retries=0, timeout_s=30.0),
         simulator_pace_ms=2.0,
         sse_ping_s=5.0,
+        gc_freeze=False,  # process-wide; the test process starts many servers
     )
 
 

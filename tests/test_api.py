@@ -195,6 +195,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         llm=LLMSettings(max_retries=0, timeout_s=30.0),
         simulator_pace_ms=2.0,
         sse_ping_s=5.0,
+        gc_freeze=False,
     )
     server = ServerThread(settings).start()
     try:

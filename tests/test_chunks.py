@@ -9,13 +9,17 @@ import pytest
 from app.llm.chunks import Chunk, MalformedChunk, iter_chunks
 
 
-async def lines(*items: str) -> AsyncIterator[str]:
-    for item in items:
-        yield item
+async def pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
 
 
-async def decode_all(*items: str) -> list[Chunk]:
-    return [chunk async for chunk in iter_chunks(lines(*items))]
+async def decode_all(*lines: str, crlf: bool = False) -> list[Chunk]:
+    """Decode the same body cut into pieces of every size: results must not depend on the cuts."""
+    body = ("\r\n" if crlf else "\n").join(lines).encode()
+    results = [[chunk async for chunk in iter_chunks(pieces(body, size))] for size in (1, 2, 7, 64, len(body) or 1)]
+    assert all(result == results[0] for result in results)
+    return results[0]
 
 
 async def test_text_tool_calls_usage_and_done() -> None:
@@ -43,6 +47,11 @@ async def test_text_tool_calls_usage_and_done() -> None:
     assert (call[0].function.name, call[0].function.arguments) == ("write_file", '{"pa')
     assert chunks[2].usage is not None
     assert (chunks[2].usage.prompt_tokens, chunks[2].usage.completion_tokens) == (7, 3)
+
+
+async def test_crlf_line_endings() -> None:
+    chunks = await decode_all('data: {"choices":[{"delta":{"content":"a"}}]}', "", "data: [DONE]", "", crlf=True)
+    assert [c.choices[0].delta.content for c in chunks] == ["a"]
 
 
 async def test_data_without_space_and_unterminated_last_event() -> None:

@@ -8,7 +8,7 @@ log; the log refuses anything after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 
@@ -96,12 +96,12 @@ class Failed:
 RunEvent = RunStarted | TextDelta | ToolCallStarted | ToolCallFinished | Done | Interrupted | Failed
 
 
-@dataclass(frozen=True, slots=True)
-class LoggedEvent:
+class LoggedEvent(NamedTuple):
     """An event as stored in a run's log: numbered, and encoded once for every subscriber.
 
     ``wire`` is the complete SSE frame (id, event name, data), so streams send bytes as they
-    are instead of re-encoding every event for every subscriber.
+    are instead of re-encoding every event for every subscriber. A tuple of atomic values is
+    untracked by the garbage collector, so long logs do not lengthen GC pauses.
     """
 
     seq: int

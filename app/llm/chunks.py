@@ -58,29 +58,46 @@ class MalformedChunk(ValueError):
 
 
 _decoder = msgspec.json.Decoder(Chunk)
-DONE = "[DONE]"
+DONE = b"[DONE]"
+_END = Chunk()  # returned by _feed for `data: [DONE]`; compared by identity
 
 
-async def iter_chunks(lines: AsyncIterator[str]) -> AsyncIterator[Chunk]:
-    """SSE lines -> chunks, until `data: [DONE]` or the end of the body."""
-    data: list[str] = []
-    async for line in lines:
-        if line:
-            if line.startswith("data:"):
-                data.append(line[6:] if line.startswith("data: ") else line[5:])
-            continue  # `event:`, `id:`, comments: not used by chat completions
-        if not data:
-            continue
-        payload = "\n".join(data)
-        data.clear()
-        if payload.strip() == DONE:
-            return
-        yield decode(payload)
-    if data and "\n".join(data).strip() != DONE:
-        yield decode("\n".join(data))
+async def iter_chunks(body: AsyncIterator[bytes]) -> AsyncIterator[Chunk]:
+    """The body's SSE events -> chunks, until `data: [DONE]` or the end of the body.
+
+    Works on bytes as they arrive (no text decoding layer); lines end with LF or CRLF.
+    """
+    pending = b""
+    data: list[bytes] = []
+    async for piece in body:
+        pending += piece
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            chunk = _feed(line.rstrip(b"\r"), data)
+            if chunk is _END:
+                return
+            if chunk is not None:
+                yield chunk
+    if pending:  # the body ended without a final newline
+        _feed(pending.rstrip(b"\r"), data)
+    if data and b"\n".join(data).strip() != DONE:
+        yield decode(b"\n".join(data))
 
 
-def decode(payload: str) -> Chunk:
+def _feed(line: bytes, data: list[bytes]) -> Chunk | None:
+    """One SSE line: collect `data:` fields; a blank line ends the event."""
+    if line:
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+        return None  # `event:`, `id:`, comments: not used by chat completions
+    if not data:
+        return None
+    payload = b"\n".join(data)
+    data.clear()
+    return _END if payload.strip() == DONE else decode(payload)
+
+
+def decode(payload: bytes) -> Chunk:
     try:
         return _decoder.decode(payload)
     except msgspec.DecodeError as exc:
