@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"runforge: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # HTTP clients log every request at INFO: one line per upstream call, and noise in `run`.
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if args.command == "serve":
         return serve(settings, args)
     if args.command == "user":
