@@ -8,8 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
+from app.control.cancel import StopGate
 from app.settings import LLMSettings, Settings
 from tests.support import ServerThread
+from tests.workspace_kit import make_workspace
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -73,3 +75,14 @@ async def app_id(client: httpx.AsyncClient) -> str:
     assert response.status_code == 201, response.text
     app_id: str = response.json()["id"]
     return app_id
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    """A workspace with a small project and symlinks planted to lead outside it."""
+    return make_workspace(tmp_path)
+
+
+@pytest.fixture
+def gate() -> StopGate:
+    return StopGate()

@@ -112,6 +112,17 @@ class Event:
         return int(self.id.rpartition(":")[2])
 
 
+async def wait_for_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
+    """Poll GET /runs/{id} (the public view) until the run has recorded its final status."""
+    latest: dict[str, Any] = {}
+    async with asyncio.timeout(HANG_TIMEOUT_S):
+        while latest.get("status") != status or latest.get("live"):
+            if latest:
+                await asyncio.sleep(0.005)
+            latest = (await client.get(f"/runs/{run_id}")).json()
+    return latest
+
+
 @contextlib.asynccontextmanager
 async def open_stream(
     client: httpx.AsyncClient, method: str, url: str, **kwargs: Any

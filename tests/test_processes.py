@@ -17,7 +17,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from tests.support import HANG_TIMEOUT_S, ServerThread, collect, gen_url, open_stream
+from tests.support import HANG_TIMEOUT_S, ServerThread, collect, gen_url, open_stream, wait_for_status
 
 REPO = Path(__file__).resolve().parents[1]
 LONG = "[sim:long_text pace=20 tokens=100000]"
@@ -151,19 +151,6 @@ def run_row(data_dir: Path, run_id: str) -> dict[str, Any]:
         row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     assert row is not None, run_id
     return dict(row)
-
-
-async def wait_for_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
-    latest: dict[str, Any] = {}
-    async with asyncio.timeout(HANG_TIMEOUT_S):
-        while latest.get("status") != status or latest.get("live"):
-            if latest:
-                await asyncio.sleep(0.005)
-            latest = (await client.get(f"/runs/{run_id}")).json()
-    return latest
-
-
-# -- runforge user add ---------------------------------------------------------------------------
 
 
 async def test_user_add_prints_the_token_last(server: ServerThread, spawn: Spawn) -> None:

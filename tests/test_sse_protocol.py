@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.support import HANG_TIMEOUT_S, TERMINAL, Event, ServerThread, collect, gen_url, open_stream
+from tests.support import HANG_TIMEOUT_S, TERMINAL, Event, ServerThread, collect, gen_url, open_stream, wait_for_status
 
 FAST = "[sim:long_text pace=20 tokens=5000]"
 CORE_FILES = {"index.html", "style.css", "script.js"}
@@ -54,17 +54,6 @@ async def run_to_end(client: httpx.AsyncClient, method: str, url: str, **kwargs:
     async with open_stream(client, method, url, **kwargs) as (response, events):
         assert response.status_code == 200, response
         return await collect(events)
-
-
-async def wait_for_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, Any]:
-    """Poll GET /runs/{id} until the run has recorded its final status."""
-    latest: dict[str, Any] = {}
-    async with asyncio.timeout(HANG_TIMEOUT_S):
-        while latest.get("status") != status or latest.get("live"):
-            if latest:
-                await asyncio.sleep(0.005)
-            latest = (await client.get(f"/runs/{run_id}")).json()
-    return latest
 
 
 async def read_frames(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> list[dict[str, str]]:

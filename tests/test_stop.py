@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 
-from tests.support import Event, ServerThread, collect, gen_url, open_stream, text_of
+from tests.support import Event, ServerThread, collect, gen_url, open_stream, text_of, wait_for_status
 
 SLOW = "[sim:long_text pace=5000]"  # one token every 5 s: a stop that waited for a token would show
 FAST = "[sim:long_text pace=20 tokens=5000]"  # a long answer, tokens flowing
@@ -245,19 +243,3 @@ async def test_stop_accepted_before_the_run_task_starts(
     assert status == "interrupted"
     assert upstream_requests == 0
     assert (await wait_for_status(client, "r-race", "interrupted"))["stopReason"] == "user_stop"
-
-
-async def wait_for_status(client: httpx.AsyncClient, run_id: str, status: str) -> dict[str, object]:
-    """Poll GET /runs/{id} (the public view) until the run has recorded its final status."""
-    latest: dict[str, object] = {}
-
-    async def fetch() -> None:
-        nonlocal latest
-        latest = (await client.get(f"/runs/{run_id}")).json()
-
-    async with asyncio.timeout(10):
-        await fetch()
-        while latest.get("status") != status or latest.get("live"):
-            await asyncio.sleep(0.005)
-            await fetch()
-    return latest

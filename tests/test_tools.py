@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 from app.control.cancel import RunCancelled, StopGate, StopReason
 from app.tools import MAX_ARGUMENT_CHARS, TOOL_SPECS, ToolResult, execute_tool
 from app.workspace.fs import MAX_DIR_ENTRIES, MAX_WRITE_BYTES
-from tests.hostile_paths import HOSTILE, make_workspace
+from tests.workspace_kit import HOSTILE, ClosingGate, make_workspace
 
 PATH_TOOLS = ["list_dir", "read_file", "write_file", "modify_file", "delete_file"]
 
@@ -39,26 +37,6 @@ def args_for(tool: str, path: str) -> str:
         "modify_file": {"old_text": "secret", "new_text": "pwned"},
     }
     return json.dumps({"path": path, **extra.get(tool, {})})
-
-
-class ClosingGate(StopGate):
-    """A gate that gets stopped right before a commit: the stop races the final rename."""
-
-    @contextlib.contextmanager
-    def commit(self) -> Iterator[None]:
-        self.close(StopReason.USER_STOP)
-        with super().commit():
-            yield
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    return make_workspace(tmp_path)
-
-
-@pytest.fixture
-def gate() -> StopGate:
-    return StopGate()
 
 
 async def run(name: str, arguments: dict[str, Any] | str, ws: Path, gate: StopGate) -> ToolResult:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from app.workspace.fs import (
     write_text_atomic,
 )
 from app.workspace.paths import PathRefused, relative_display, resolve_in_workspace
-from tests.hostile_paths import HOSTILE, make_workspace
+from tests.workspace_kit import HOSTILE, ClosingGate, make_workspace
 
 
 def snapshot_outside(base: Path) -> dict[str, bytes | None]:
@@ -44,36 +43,6 @@ def snapshot_outside(base: Path) -> dict[str, bytes | None]:
 
 def temp_files(directory: Path) -> list[str]:
     return [name for name in os.listdir(directory) if name.endswith(".tmp")]
-
-
-class ClosingGate(StopGate):
-    """A gate that gets stopped right before a commit: the stop races the final rename."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen_at_commit: list[str] = []
-        self.directory: Path | None = None
-
-    @contextlib.contextmanager
-    def commit(self) -> Iterator[None]:
-        if self.directory is not None:
-            self.seen_at_commit = sorted(os.listdir(self.directory))
-        self.close(StopReason.USER_STOP)
-        with super().commit():
-            yield
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    return make_workspace(tmp_path)
-
-
-@pytest.fixture
-def gate() -> StopGate:
-    return StopGate()
-
-
-# --- resolve_in_workspace ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("user_path", HOSTILE)

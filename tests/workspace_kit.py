@@ -1,9 +1,13 @@
-"""The path-escape corpus shared by the workspace and tool tests, and the workspace it needs."""
+"""Shared by the workspace and tool tests: the path-escape corpus, its workspace, a racing gate."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from app.control.cancel import StopGate, StopReason
 from app.workspace.fs import CORE_FILES
 
 # Hostile paths that need no special filesystem layout.
@@ -86,3 +90,20 @@ def make_workspace(base: Path) -> Path:
     (ws / "up").symlink_to("..")
     (ws / "srclink").symlink_to("src")  # inside -> inside: allowed
     return ws
+
+
+class ClosingGate(StopGate):
+    """A gate that gets stopped right before a commit: the stop races the final rename."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen_at_commit: list[str] = []
+        self.directory: Path | None = None
+
+    @contextlib.contextmanager
+    def commit(self) -> Iterator[None]:
+        if self.directory is not None:
+            self.seen_at_commit = sorted(os.listdir(self.directory))
+        self.close(StopReason.USER_STOP)
+        with super().commit():
+            yield
