@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -81,6 +82,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     sock.listen(2048)  # connections made after the banner queue until uvicorn accepts them
     port = sock.getsockname()[1]
+    logging.getLogger("uvicorn.access").addFilter(RedactSecrets())
     _print_banner(settings, port, token)
     config = uvicorn.Config(
         create_app(settings),
@@ -90,6 +92,17 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+class RedactSecrets(logging.Filter):
+    """Keep login tokens and prompts out of the access log (`/?token=…`, `gen/code?message=…`)."""
+
+    _pattern = re.compile(r"([?&](?:token|message)=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 async def _bootstrap_local_user(settings: Settings) -> str | None:

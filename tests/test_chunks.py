@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.llm.chunks import Chunk, MalformedChunk, iter_chunks
+from app.llm.chunks import Chunk, ErrorChunk, MalformedChunk, TruncatedStream, iter_chunks
 
 
 async def pieces(body: bytes, size: int) -> AsyncIterator[bytes]:
@@ -54,16 +54,24 @@ async def test_crlf_line_endings() -> None:
     assert [c.choices[0].delta.content for c in chunks] == ["a"]
 
 
-async def test_data_without_space_and_unterminated_last_event() -> None:
-    chunks = await decode_all('data:{"choices":[{"delta":{"content":"a"}}]}', "", 'data: {"choices":[]}')
-    assert [c.choices[0].delta.content for c in chunks[:1]] == ["a"]
-    assert len(chunks) == 2
+async def test_data_without_space_and_a_finish_reason_without_done() -> None:
+    """Some providers omit [DONE]; a finish_reason says the answer is complete."""
+    chunks = await decode_all(
+        'data:{"choices":[{"delta":{"content":"a"}}]}', "", 'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}'
+    )
+    assert [c.choices[0].delta.content for c in chunks] == ["a", None]
 
 
-async def test_error_object_is_a_chunk_with_error() -> None:
-    (chunk,) = await decode_all('data: {"error":{"message":"boom","type":"server_error","code":"x"}}', "")
-    assert chunk.error is not None
-    assert chunk.error.message == "boom"
+async def test_a_body_cut_before_the_end_is_truncated_not_complete() -> None:
+    with pytest.raises(TruncatedStream):
+        await decode_all('data: {"choices":[{"delta":{"content":"Here is half of the ans"}}]}', "", "")
+    with pytest.raises(TruncatedStream):
+        await decode_all()  # an empty 200 body
+
+
+async def test_error_object_raises() -> None:
+    with pytest.raises(ErrorChunk, match="boom"):
+        await decode_all('data: {"error":{"message":"boom","type":"server_error","code":"x"}}', "")
 
 
 async def test_malformed_data_raises() -> None:

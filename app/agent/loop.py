@@ -68,11 +68,12 @@ async def stream_step(run: Run, llm: LLMClient, messages: list[dict[str, Any]]) 
                     run.stats.prompt_tokens += chunk.usage.prompt_tokens
                     run.stats.completion_tokens += chunk.usage.completion_tokens
                 for choice in chunk.choices:
-                    deltas += 1
                     if choice.delta.content:
+                        deltas += 1
                         text.append(choice.delta.content)
                         run.emit_text(choice.delta.content)
                     if choice.delta.tool_calls:
+                        deltas += 1
                         _accumulate(pending, choice.delta.tool_calls)
                         run.stats.partial_tool_calls = len(pending)
     finally:

@@ -14,7 +14,6 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from app.api.deps import CurrentUser, ServicesDep, owned_app
 from app.api.views import app_view, message_view
-from app.control.cancel import StopReason
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.workspace.fs import WorkspaceError, read_text, tree
 from app.workspace.paths import PathRefused, resolve_in_workspace
@@ -60,9 +59,12 @@ class AppsController(Controller):
     @delete("/{app_id:str}", status_code=HTTP_204_NO_CONTENT)
     async def delete_app(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> None:
         await owned_app(services, user, app_id)
-        await services.manager.stop_app(app_id, StopReason.USER_STOP)
-        await services.apps.delete(app_id)
-        await asyncio.to_thread(shutil.rmtree, services.workspace(app_id), ignore_errors=True)
+
+        async def delete_everything() -> None:
+            await services.apps.delete(app_id)
+            await asyncio.to_thread(shutil.rmtree, services.workspace(app_id), ignore_errors=True)
+
+        await services.manager.delete_app(app_id, delete_everything)
 
     @get("/{app_id:str}/messages")
     async def messages(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:

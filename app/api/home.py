@@ -42,7 +42,8 @@ async def _sign_in(services: Services, token: str) -> Response[Any]:
         body = "<p>That login link is not valid. Ask for a new one.</p>"
         return Response(_page("Invalid login link", body), media_type="text/html", status_code=HTTP_401_UNAUTHORIZED)
     # Redirect to drop the token from the address bar and history.
-    cookie = Cookie(key=TOKEN_COOKIE, value=token, httponly=True, samesite="lax", max_age=COOKIE_MAX_AGE_S)
+    # Strict: a link from another site must not carry the cookie into GET gen/code (CSRF).
+    cookie = Cookie(key=TOKEN_COOKIE, value=token, httponly=True, samesite="strict", max_age=COOKIE_MAX_AGE_S)
     return Redirect("/", status_code=303, cookies=[cookie])
 
 

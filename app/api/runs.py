@@ -20,8 +20,13 @@ from app.services import Services
 from app.store.models import Run as RunRow
 from app.store.models import User
 
-# "Nothing newer": browsers stop reconnecting an EventSource on 204.
-NO_CONTENT = cast(ASGIApp, PlainResponse(status_code=204))
+
+def no_content() -> ASGIApp:
+    """Nothing newer: browsers stop reconnecting an EventSource on 204.
+
+    A new response each time: response objects carry their headers (X-Request-Id included).
+    """
+    return cast(ASGIApp, PlainResponse(status_code=204))
 
 
 class RunsController(Controller):
@@ -54,7 +59,7 @@ class RunsController(Controller):
 
 def _join_live(services: Services, run: Run, after: int, on_disconnect: OnDisconnect) -> ASGIApp:
     if run.log.closed and after >= run.log.last_seq:
-        return NO_CONTENT
+        return no_content()
     if after > run.log.last_seq:
         raise BadRequest(
             f"Last-Event-ID is ahead of the run: its last event is {run.id}:{run.log.last_seq}",
@@ -68,7 +73,7 @@ def _replay_final(row: RunRow, after: int) -> ASGIApp:
     if row.status not in ("completed", "interrupted", "failed"):
         raise Conflict(f"run {row.id} is not active in this server", code="run_not_here")
     if after >= row.last_seq:
-        return NO_CONTENT
+        return no_content()
     event, payload = _terminal(row)
 
     async def once() -> Any:

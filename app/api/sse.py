@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,8 +21,17 @@ SHUTDOWN_GRACE_S = 2.0
 
 def event_stream(services: Services, run: Run, after_seq: int, on_disconnect: OnDisconnect) -> EventSourceResponse:
     async def events() -> AsyncIterator[bytes]:
-        async for batch in run.log.follow(after_seq):
-            yield b"".join(event.wire for event in batch)
+        delivered_terminal = False
+        try:
+            async with contextlib.aclosing(run.log.follow(after_seq)) as batches:
+                async for batch in batches:
+                    yield b"".join(event.wire for event in batch)
+            delivered_terminal = True
+        finally:
+            # Ended without its terminal event: the client went away, or could not keep up
+            # (send timeout), which sse-starlette does not report as a disconnect.
+            if not delivered_terminal and on_disconnect is OnDisconnect.CANCEL:
+                run.cancel(StopReason.CLIENT_DISCONNECT)
 
     async def on_client_close(_: Any) -> None:
         if on_disconnect is OnDisconnect.CANCEL:
@@ -43,6 +53,7 @@ def parse_last_event_id(value: str | None, run_id: str) -> int:
     if not value:
         return 0
     prefix, sep, seq = value.rpartition(":")
-    if not sep or prefix != run_id or not seq.isdigit():
+    # isascii: str.isdigit() accepts digits such as "²" that int() refuses.
+    if not sep or prefix != run_id or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
         raise BadRequest(f"Last-Event-ID must be '{run_id}:<seq>'", code="invalid_last_event_id")
     return int(seq)

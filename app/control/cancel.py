@@ -11,8 +11,8 @@ cannot be cancelled. So every side effect commits through a :class:`StopGate`:
 
 Both take one ``threading.Lock``, so a commit and a stop are strictly ordered: once
 ``close()`` has returned, no side effect of the run can land any more. A commit already
-in progress when the stop arrives finishes first (it is a single rename, microseconds)
-and counts as done before the stop.
+in progress when the stop arrives finishes first (creating missing directories and one
+rename: microseconds) and counts as done before the stop.
 """
 
 from __future__ import annotations

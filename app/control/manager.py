@@ -1,7 +1,9 @@
 """The run manager: owns every run task of this process, one active run per app.
 
-Handlers never touch tasks; they ask the manager to start, find or stop runs. Finished
-runs stay in memory for ``retain_s`` so late joiners can replay their events.
+Handlers never touch tasks: they ask the manager to start and find runs, and stop a run
+through ``Run.cancel``. A run is findable from before its first await, so a stop that races
+its creation is never lost. Finished runs stay in memory for ``retain_s`` so late joiners
+can replay their events.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from app.control.cancel import StopReason
-from app.control.run import CancelOutcome, Job, OnDisconnect, Run, RunRecorder
+from app.control.run import Job, OnDisconnect, Run, RunRecorder
 from app.errors import Conflict
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class RunManager:
         self._tasks: set[asyncio.Task[None]] = set()
         # One lock per app serialises starts on that app; unused locks disappear by themselves.
         self._app_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Run ids being started: taken synchronously, so two starts cannot both claim one.
+        self._reserved: set[str] = set()
         self._closing = False
 
     # -- queries ---------------------------------------------------------------------------
@@ -91,71 +96,97 @@ class RunManager:
     async def start(self, request: RunRequest) -> Run:
         if self._closing:
             raise Conflict("the server is shutting down", code="shutting_down")
-        lock = self._app_locks.setdefault(request.app_id, asyncio.Lock())
-        async with lock:
-            await self._make_room(request)
-            if request.run_id in self._active or request.run_id in self._finished:
-                raise Conflict(f"run id {request.run_id!r} is already used", code="run_id_taken")
-            if await self._store.run_exists(request.run_id):
-                raise Conflict(f"run id {request.run_id!r} is already used", code="run_id_taken")
-            run = Run(
-                run_id=request.run_id,
-                app_id=request.app_id,
-                user_id=request.user_id,
-                message=request.message,
-                workspace=request.workspace,
-                on_disconnect=request.on_disconnect,
-            )
-            await self._store.insert_run(run)
-            self._launch(run)
-        return run
+        self._reserve(request.run_id)
+        try:
+            async with self._app_lock(request.app_id):
+                await self._make_room(request)
+                if await self._store.run_exists(request.run_id):
+                    raise Conflict(f"run id {request.run_id!r} is already used", code="run_id_taken")
+                return await self._create_and_launch(request)
+        finally:
+            self._reserved.discard(request.run_id)
 
-    def stop(self, run: Run, reason: StopReason) -> CancelOutcome:
-        return run.cancel(reason)
-
-    async def stop_app(self, app_id: str, reason: StopReason) -> None:
-        """Stop the app's active run, if any, and wait until it has ended."""
-        run = self._active_by_app.get(app_id)
-        if run is not None:
-            run.cancel(reason)
-            await run.wait_finished()
+    async def delete_app(self, app_id: str, delete: Callable[[], Awaitable[None]]) -> None:
+        """Stop the app's active run, wait until it has ended, then delete: no start can slip in."""
+        async with self._app_lock(app_id):
+            run = self._active_by_app.get(app_id)
+            if run is not None:
+                run.cancel(StopReason.USER_STOP)
+                await run.wait_finished()
+            await delete()
 
     async def shutdown(self, grace_s: float) -> None:
         """Interrupt every active run (reason shutdown) and wait for them to record it."""
         self._closing = True
-        for run in list(self._active.values()):
-            run.cancel(StopReason.SHUTDOWN)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        # Loop: a start that was past its shutdown check when we began launches late.
+        while self._tasks and loop.time() < deadline:
+            for run in list(self._active.values()):
+                run.cancel(StopReason.SHUTDOWN)
+            await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            pending = set(self._tasks)
+            log.warning("%d run task(s) did not end within the shutdown grace", len(pending))
             for task in pending:
-                log.warning("run task did not end within the shutdown grace", extra={"task": task.get_name()})
                 task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _app_lock(self, app_id: str) -> asyncio.Lock:
+        # Starts and deletes on one app are serialised; unused locks disappear by themselves.
+        return self._app_locks.setdefault(app_id, asyncio.Lock())
+
+    def _reserve(self, run_id: str) -> None:
+        if run_id in self._reserved or run_id in self._active or run_id in self._finished:
+            raise Conflict(f"run id {run_id!r} is already used", code="run_id_taken")
+        self._reserved.add(run_id)
 
     async def _make_room(self, request: RunRequest) -> None:
         old = self._active_by_app.get(request.app_id)
         if old is None:
             return
-        if request.multitask is Multitask.REJECT:
+        if request.multitask is Multitask.REJECT and not old.gate.closed:
             raise Conflict(f"app {request.app_id} already has an active run {old.id}", code="run_active")
         old.cancel(StopReason.SUPERSEDED)
         # Wait for the old task to be gone: its upstream is closed and nothing of it can
         # touch the workspace while the new run works there.
         await old.wait_finished()
 
-    def _launch(self, run: Run) -> None:
+    async def _create_and_launch(self, request: RunRequest) -> Run:
+        run = Run(
+            run_id=request.run_id,
+            app_id=request.app_id,
+            user_id=request.user_id,
+            message=request.message,
+            workspace=request.workspace,
+            on_disconnect=request.on_disconnect,
+        )
+        # Findable before the first await: a stop during the insert closes the gate, and
+        # the task then records the interruption on its first line.
         self._active[run.id] = run
         self._active_by_app[run.app_id] = run
+        try:
+            await self._store.insert_run(run)
+        except BaseException:
+            self._forget(run)
+            raise
+        if self._closing:
+            run.cancel(StopReason.SHUTDOWN)
         task = run.start(self._job, self._store)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._on_done(run, t))
+        return run
 
-    def _on_done(self, run: Run, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _forget(self, run: Run) -> None:
         self._active.pop(run.id, None)
         if self._active_by_app.get(run.app_id) is run:
             del self._active_by_app[run.app_id]
+
+    def _on_done(self, run: Run, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._forget(run)
         self._finished[run.id] = (time.monotonic(), run)
         self._prune()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -94,7 +94,7 @@ class EventLog:
         self._wakeup = asyncio.Event()
         return True
 
-    async def follow(self, after_seq: int = 0) -> AsyncIterator[list[LoggedEvent]]:
+    async def follow(self, after_seq: int = 0) -> AsyncGenerator[list[LoggedEvent], None]:
         """Yield batches of events with seq > after_seq, live, until the terminal one.
 
         A batch is everything appended since the follower last woke: one write for a
@@ -202,7 +202,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """True once the outcome is recorded and the task has nothing left to do."""
+        """True once the task has ended: its terminal event is in the log and its outcome was
+        written (or the write failed and was logged)."""
         return self._finished.is_set()
 
     @property
@@ -252,6 +253,10 @@ class Run:
         try:
             await self._run_job(job, recorder)
         finally:
+            if not self.log.closed:
+                # Every exit path ends the log (a cancellation that was not a stop, a crash in
+                # the save, loop teardown): followers must never wait forever.
+                await self._end_unexpectedly(recorder)
             self.ended_at = self.ended_at or utcnow()
             self._finished.set()
 
@@ -261,7 +266,8 @@ class Run:
             completion = await job(self)
         except asyncio.CancelledError:
             if not self.gate.closed:
-                raise  # not a stop of ours (e.g. the loop is going away): let it propagate
+                raise  # not a stop of ours: _drive still ends the log
+            _uncancel()  # our own stop, handled here: the task ends normally
             await self._record(recorder.record_interrupted)
         except RunCancelled:
             await self._record(recorder.record_interrupted)
@@ -271,7 +277,10 @@ class Run:
             log.exception("run crashed", extra={"run_id": self.id})
             await self._fail(recorder, "internal", "internal error in the run")
         else:
-            await self._complete(completion, recorder)
+            if self.gate.closed:  # stopped while finishing: a stopped run never saves its turn
+                await self._record(recorder.record_interrupted)
+            else:
+                await self._complete(completion, recorder)
 
     async def _complete(self, completion: Completion, recorder: RunRecorder) -> None:
         self.status = RunStatus.COMPLETING
@@ -287,9 +296,21 @@ class Run:
         self.emit(Done(completion.finish_reason, self.stats.steps, self.stats.executed))
 
     async def _fail(self, recorder: RunRecorder, code: str, message: str) -> None:
+        if self.gate.closed:
+            # An error while a stop unwinds (e.g. closing the upstream) does not turn the
+            # interrupted run, whose stream already said `interrupted`, into a failed one.
+            await self._record(recorder.record_interrupted)
+            return
         self.status = RunStatus.FAILED
         self.error = Failed(code, message)
         self.ended_at = utcnow()
+        self.emit(self.error)
+        await self._record(recorder.record_failed)
+
+    async def _end_unexpectedly(self, recorder: RunRecorder) -> None:
+        log.error("run ended without an outcome", extra={"run_id": self.id})
+        self.status = RunStatus.FAILED
+        self.error = Failed("internal", "the run ended unexpectedly")
         self.emit(self.error)
         await self._record(recorder.record_failed)
 
@@ -300,3 +321,9 @@ class Run:
             await write(self)
         except Exception:
             log.exception("could not record run outcome", extra={"run_id": self.id})
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()

@@ -8,7 +8,7 @@ request (auth, retries, status errors), and this module reads the body's SSE lin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
@@ -53,8 +53,28 @@ class Chunk(msgspec.Struct):
     error: ErrorBody | None = None
 
 
-class MalformedChunk(ValueError):
+class StreamProblem(Exception):
+    """The body is not a complete, well-formed completion stream."""
+
+    code = "upstream_error"
+
+
+class MalformedChunk(StreamProblem):
     """A `data:` line that is not a chunk."""
+
+    code = "upstream_malformed"
+
+
+class ErrorChunk(StreamProblem):
+    """The provider reported a failure inside the stream: `data: {"error": {...}}`."""
+
+    code = "upstream_error"
+
+
+class TruncatedStream(StreamProblem):
+    """The body ended before `[DONE]` and before any finish_reason: the answer is cut."""
+
+    code = "upstream_truncated"
 
 
 _decoder = msgspec.json.Decoder(Chunk)
@@ -62,13 +82,16 @@ DONE = b"[DONE]"
 _END = Chunk()  # returned by _feed for `data: [DONE]`; compared by identity
 
 
-async def iter_chunks(body: AsyncIterator[bytes]) -> AsyncIterator[Chunk]:
-    """The body's SSE events -> chunks, until `data: [DONE]` or the end of the body.
+async def iter_chunks(body: AsyncIterator[bytes]) -> AsyncGenerator[Chunk, None]:
+    """The body's SSE events -> chunks, until `data: [DONE]`.
 
-    Works on bytes as they arrive (no text decoding layer); lines end with LF or CRLF.
+    Works on bytes as they arrive (no text decoding layer); lines end with LF or CRLF. Raises
+    :class:`ErrorChunk` for an in-stream error and :class:`TruncatedStream` when the body ends
+    early: a cut answer must never pass for a complete one (it would be saved as a turn).
     """
     pending = b""
     data: list[bytes] = []
+    finished = False  # a finish_reason was seen: a provider that omits [DONE] is still complete
     async for piece in body:
         pending += piece
         *lines, pending = pending.split(b"\n")
@@ -77,11 +100,25 @@ async def iter_chunks(body: AsyncIterator[bytes]) -> AsyncIterator[Chunk]:
             if chunk is _END:
                 return
             if chunk is not None:
+                finished = finished or _finishes(chunk)
                 yield chunk
     if pending:  # the body ended without a final newline
         _feed(pending.rstrip(b"\r"), data)
-    if data and b"\n".join(data).strip() != DONE:
-        yield decode(b"\n".join(data))
+    chunk = _feed(b"", data)  # an event the body did not terminate with a blank line
+    if chunk is _END:
+        return
+    if chunk is not None:
+        finished = finished or _finishes(chunk)
+        yield chunk
+    if not finished:
+        raise TruncatedStream("the model's stream ended before the answer was complete")
+
+
+def _finishes(chunk: Chunk) -> bool:
+    if chunk.error is not None:
+        detail = (chunk.error.message or "an error occurred during streaming")[:200]
+        raise ErrorChunk(f"the model provider failed: {detail}")
+    return any(choice.finish_reason for choice in chunk.choices)
 
 
 def _feed(line: bytes, data: list[bytes]) -> Chunk | None:
@@ -101,4 +138,4 @@ def decode(payload: bytes) -> Chunk:
     try:
         return _decoder.decode(payload)
     except msgspec.DecodeError as exc:
-        raise MalformedChunk(str(exc)) from exc
+        raise MalformedChunk("the model sent a malformed stream chunk") from exc

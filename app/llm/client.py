@@ -7,6 +7,7 @@ connection open for over a second), which also runs when the run's task is cance
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from app.control.outcomes import RunFailed
-from app.llm.chunks import Chunk, MalformedChunk, iter_chunks
+from app.llm.chunks import Chunk, StreamProblem, iter_chunks
 from app.settings import LLMSettings
 
 # Sent on every upstream request so the simulator (and provider logs) can tie it to a run.
@@ -76,27 +77,28 @@ class LLMClient:
                 stream_cls=openai.AsyncStream[ChatCompletionChunk],
             )
             async with stream:
-                yield _checked(iter_chunks(stream.response.aiter_bytes()))
+                _require_event_stream(stream.response)
+                async with contextlib.aclosing(iter_chunks(stream.response.aiter_bytes())) as chunks:
+                    yield chunks
         except openai.APIError as exc:
             raise translate_error(exc) from exc
-        except MalformedChunk as exc:
-            raise UpstreamError("upstream_malformed", "the model sent a malformed stream chunk") from exc
+        except StreamProblem as exc:
+            raise UpstreamError(exc.code, str(exc)) from exc
         except httpx2.TimeoutException as exc:
             raise UpstreamError("upstream_timeout", "the model stopped sending data") from exc
-        except httpx2.TransportError as exc:
+        except (httpx2.HTTPError, httpx2.StreamError) as exc:
             raise UpstreamError("upstream_unavailable", "the connection to the model provider was lost") from exc
 
     async def close(self) -> None:
         await self._client.close()
 
 
-async def _checked(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """Turn an in-stream error object into a failure instead of a chunk."""
-    async for chunk in chunks:
-        if chunk.error is not None:
-            detail = chunk.error.message or "an error occurred during streaming"
-            raise UpstreamError("upstream_error", f"the model provider failed: {_short(detail)}")
-        yield chunk
+def _require_event_stream(response: httpx2.Response) -> None:
+    content_type = response.headers.get("content-type", "")
+    if not content_type.startswith("text/event-stream"):
+        raise UpstreamError(
+            "upstream_error", f"the model provider answered {content_type or 'no content type'}, not a stream"
+        )
 
 
 def translate_error(exc: openai.APIError) -> UpstreamError:

@@ -1,7 +1,7 @@
 """Engine and sessions.
 
-SQLite runs in WAL mode with a busy timeout, and every transaction starts with
-``BEGIN IMMEDIATE``: measured here, the driver's default mode silently lost updates under
+SQLite runs in WAL mode with a busy timeout, and every writing transaction starts with
+``BEGIN IMMEDIATE`` (reads use a deferred ``BEGIN``, see ``Database.read``): measured here, the driver's default mode silently lost updates under
 concurrent read-modify-write, and a plain ``BEGIN`` failed most of them with "database is
 locked" despite the busy timeout. This is SQLAlchemy's documented recipe for pysqlite/aiosqlite.
 

@@ -8,12 +8,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Update, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
+from app.errors import Conflict, NotFound
 from app.store.db import Database
 from app.store.models import App, ChatMessage, Run, User, utcnow
 
 if TYPE_CHECKING:
     from app.control.run import Run as LiveRun
+
+ABANDONED_RUN_LAST_SEQ = 1_000_000_000
 
 # Turns of history sent to the model with a new message.
 HISTORY_TURNS = 20
@@ -111,6 +115,15 @@ class Runs:
         return await self.get(run_id) is not None
 
     async def insert_run(self, run: LiveRun) -> None:
+        try:
+            await self._insert_run(run)
+        except IntegrityError:
+            # Lost a race: the id was taken meanwhile, or the app was deleted meanwhile.
+            if await self.run_exists(run.id):
+                raise Conflict(f"run id {run.id!r} is already used", code="run_id_taken") from None
+            raise NotFound(f"no app {run.app_id!r}", code="app_not_found") from None
+
+    async def _insert_run(self, run: LiveRun) -> None:
         async with self._db.session() as s:
             s.add(
                 Run(
@@ -147,6 +160,9 @@ class Runs:
                 .where(Run.status.in_(("queued", "running")))
                 .values(
                     status="failed",
+                    # The log died with the process: number the replayed `failed` event after
+                    # anything a client can have seen, so a rejoin with Last-Event-ID gets it.
+                    last_seq=ABANDONED_RUN_LAST_SEQ,
                     error_code="server_restart",
                     error_message="the server stopped while the run was active",
                     ended_at=utcnow(),

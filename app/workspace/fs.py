@@ -158,6 +158,14 @@ def _check_write_target(target: Path, shown: str) -> None:
         raise WorkspaceError(f"{shown} is a directory; give a file path")
 
 
+def printable_name(name: str) -> str:
+    """A file name as valid UTF-8 text (JSON and the model's next request need it).
+
+    Names that are not UTF-8 on disk arrive with surrogate escapes; show them with U+FFFD.
+    """
+    return os.fsencode(name).decode("utf-8", errors="replace")
+
+
 def _make_parent(parent: Path, shown: str) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +278,7 @@ def list_dir(root: Path, path: str = ".", max_entries: int = MAX_DIR_ENTRIES) ->
     with os.scandir(target) as scan:
         # nsmallest keeps memory bounded in a huge directory and returns them sorted.
         chosen = heapq.nsmallest(max_entries, scan, key=lambda entry: entry.name)
-    return [DirEntry(entry.name, *_kind_and_size(entry)) for entry in chosen]
+    return [DirEntry(printable_name(entry.name), *_kind_and_size(entry)) for entry in chosen]
 
 
 def modify_text_atomic(root: Path, path: str, old_text: str, new_text: str, gate: StopGate) -> None:
@@ -314,7 +322,7 @@ def _tree_children(base: Path, rel_dir: str) -> list[TreeEntry]:
     except OSError:  # vanished or unreadable: the tree is a best-effort overview
         return []
     return [
-        TreeEntry(prefix + entry.name, *_kind_and_size(entry))
+        TreeEntry(prefix + printable_name(entry.name), *_kind_and_size(entry))
         for entry in entries
         if entry.name not in SKIP_DIRS and not is_temp_name(entry.name)
     ]
