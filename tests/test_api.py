@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app.api.sse import parse_last_event_id
 from app.asgi import MAX_BODY_BYTES
+from app.errors import BadRequest
 from app.settings import LLMSettings, Settings
 from tests.support import HANG_TIMEOUT_S, Event, ServerThread, collect, gen_url, open_stream, text_of
 
@@ -352,6 +354,14 @@ BAD_INPUT = [
     pytest.param(
         "GET",
         "/runs/{run}/events",
+        {"headers": {"Last-Event-ID": "{run}:" + "9" * 5000}},
+        400,
+        "invalid_last_event_id",
+        id="lei-huge-number",
+    ),
+    pytest.param(
+        "GET",
+        "/runs/{run}/events",
         {"headers": {"Last-Event-ID": "other-run:1"}},
         400,
         "invalid_last_event_id",
@@ -470,6 +480,16 @@ async def test_request_id_is_echoed(client: httpx.AsyncClient, app_id: str) -> N
     assert "x-request-id" not in (await client.get("/apps")).headers
 
 
+async def test_one_clients_request_id_never_reaches_another(client: httpx.AsyncClient, app_id: str) -> None:
+    """The 204 of a finished join is a fresh response each time: headers are not shared."""
+    await run_to_end(client, gen_url(app_id, f"hi {SHORT}", runId="r-204"))
+    for request_id in ("secret-of-alice", None):
+        headers = {"Last-Event-ID": "r-204:999999"} | ({"X-Request-Id": request_id} if request_id else {})
+        response = await client.get("/runs/r-204/events", headers=headers)
+        assert response.status_code == 204
+        assert response.headers.get("x-request-id") == request_id
+
+
 async def test_request_id_becomes_the_run_id(client: httpx.AsyncClient, app_id: str) -> None:
     url = gen_url(app_id, f"hi {SHORT}")
     async with open_stream(client, "GET", url, headers={"X-Request-Id": "req-run-7"}) as (response, events):
@@ -564,3 +584,11 @@ async def test_another_user_gets_403_for_everything_and_cancels_nothing(
     }
     assert (await client.get(f"/apps/{busy_app}")).status_code == 200
     assert (await other_client.get("/apps")).json() == []
+
+
+@pytest.mark.parametrize("value", ["r1:²", "r1:٣", "r1:" + "9" * 19, "r1:-1", "r1:", ":1", "r1"])
+def test_last_event_id_parsing_refuses_what_int_would_choke_on(value: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_last_event_id(value, "r1")
+    assert parse_last_event_id("r1:42", "r1") == 42
+    assert parse_last_event_id(None, "r1") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from app.cli import RedactSecrets
 from tests.support import HANG_TIMEOUT_S, ServerThread, collect, gen_url, open_stream, wait_for_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,6 +248,13 @@ async def test_runs_left_by_a_crash_are_failed_on_restart(spawn: Spawn, tmp_path
         assert (run["status"], run["live"]) == ("failed", False)
         assert run["error"]["code"] == "server_restart"
         assert run["endedAt"] is not None
+        # A browser rejoining from the last event it saw still learns how the run ended.
+        async with open_stream(http, "GET", "/runs/r-crash/events", headers={"Last-Event-ID": "r-crash:5"}) as (
+            _,
+            events,
+        ):
+            replayed = await collect(events)
+        assert [(e.event, e.data["error"]["code"]) for e in replayed] == [("failed", "server_restart")]
         assert (await http.get(f"/apps/{app_id}/messages")).json() == []
         # A stop now reports the final state instead of pretending to stop something.
         stop = await http.post("/runs/r-crash/stop")
@@ -286,3 +295,14 @@ async def test_run_command_runs_to_completion(
     messages = (await client.get(f"/apps/{app_id[1]}/messages")).json()
     assert [m["role"] for m in messages] == ["user", "ai"]
     assert messages[0]["content"] == prompt
+
+
+def test_access_log_redacts_login_tokens_and_prompts() -> None:
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', None, None)
+    record.args = ("127.0.0.1:5", "GET", "/app/chat/gen/code?appId=a&message=my%20secret&runId=r", "1.1", 200)
+    assert RedactSecrets().filter(record)
+    assert "appId=a&message=[redacted]&runId=r" in record.getMessage()
+    assert "secret" not in record.getMessage()
+    record.args = ("127.0.0.1:5", "GET", "/?token=abc.def", "1.1", 303)
+    RedactSecrets().filter(record)
+    assert "abc" not in record.getMessage()

@@ -440,3 +440,16 @@ def test_tree_skips_build_dirs_temp_files_and_symlink_targets(ws: Path) -> None:
 
 def test_tree_max_entries(ws: Path) -> None:
     assert [entry.path for entry in tree(ws, max_entries=3)] == ["dangling", "index.html", "out_dir"]
+
+
+def test_names_that_are_not_utf8_are_listed_printably(ws: Path) -> None:
+    """A name the OS gives as bytes must not break JSON answers or the model's next request."""
+    raw = os.path.join(os.fsencode(ws), b"caf\xe9.txt")
+    with open(raw, "wb") as handle:
+        handle.write(b"x")
+    listed = [entry.name for entry in list_dir(ws, ".")]
+    walked = [entry.path for entry in tree(ws)]
+    assert "caf\ufffd.txt" in listed
+    assert "caf\ufffd.txt" in walked
+    for name in listed + walked:
+        name.encode("utf-8")  # raises for a lone surrogate

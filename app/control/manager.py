@@ -120,11 +120,17 @@ class RunManager:
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        # Loop: a start that was past its shutdown check when we began launches late.
-        while self._tasks and loop.time() < deadline:
-            for run in list(self._active.values()):
+        # Runs, not tasks: a run still being inserted has no task yet, and launches stopped.
+        while self._active and loop.time() < deadline:
+            runs = list(self._active.values())
+            for run in runs:
                 run.cancel(StopReason.SHUTDOWN)
-            await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
+            waiters = {asyncio.ensure_future(run.wait_finished()) for run in runs}
+            try:
+                await asyncio.wait(waiters, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
         if self._tasks:
             pending = set(self._tasks)
             log.warning("%d run task(s) did not end within the shutdown grace", len(pending))

@@ -1,9 +1,10 @@
 """Engine and sessions.
 
 SQLite runs in WAL mode with a busy timeout, and every writing transaction starts with
-``BEGIN IMMEDIATE`` (reads use a deferred ``BEGIN``, see ``Database.read``): measured here, the driver's default mode silently lost updates under
+``BEGIN IMMEDIATE``: measured here, the driver's default mode silently lost updates under
 concurrent read-modify-write, and a plain ``BEGIN`` failed most of them with "database is
 locked" despite the busy timeout. This is SQLAlchemy's documented recipe for pysqlite/aiosqlite.
+Reads use a deferred ``BEGIN`` (``Database.read``): in WAL mode they never wait for writers.
 
 Run tasks open their own short sessions (``async with db.session() as s``) and never hold
 a request-scoped session across a stream.
