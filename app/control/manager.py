@@ -47,8 +47,8 @@ class RunRequest:
 class RunStore(RunRecorder, Protocol):
     """What the manager needs from the database besides recording outcomes."""
 
-    async def run_exists(self, run_id: str) -> bool: ...
-    async def insert_run(self, run: Run) -> None: ...
+    async def insert_run(self, run: Run) -> None:
+        """Raises Conflict (run_id_taken) if the id is used, NotFound if the app is gone."""
 
 
 class RunManager:
@@ -100,8 +100,7 @@ class RunManager:
         try:
             async with self._app_lock(request.app_id):
                 await self._make_room(request)
-                if await self._store.run_exists(request.run_id):
-                    raise Conflict(f"run id {request.run_id!r} is already used", code="run_id_taken")
+                # An id used by an earlier run fails the insert (unique key): 409 run_id_taken.
                 return await self._create_and_launch(request)
         finally:
             self._reserved.discard(request.run_id)
