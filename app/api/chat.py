@@ -11,12 +11,12 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import RUN_ID_PATTERN, CurrentUser, ServicesDep, check_run_id, owned_app
+from app.api.deps import RUN_ID_PATTERN, CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app
 from app.api.sse import event_stream
 from app.control.cancel import StopReason
 from app.control.manager import Multitask, RunRequest
 from app.control.run import CancelOutcome, OnDisconnect
-from app.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.services import Services
 from app.store.models import User
 
@@ -107,11 +107,9 @@ async def stop_run(services: Services, user: User, run_id: str) -> Response[dict
         row = await services.runs.get(run_id)
         if row is None:
             raise NotFound(f"no run {run_id!r}", code="run_not_found")
-        if row.user_id != user.id:
-            raise Forbidden(f"run {run_id!r} belongs to another user")
+        check_run_owner(row.user_id, user, run_id)
         return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
-    if run.user_id != user.id:
-        raise Forbidden(f"run {run_id!r} belongs to another user")
+    check_run_owner(run.user_id, user, run_id)
     if run.cancel(StopReason.USER_STOP) is CancelOutcome.STOPPING:
         return Response({"runId": run_id, "status": "stopping"}, status_code=HTTP_202_ACCEPTED)
     # Stopped already, or completing: the final status follows within milliseconds.

@@ -53,6 +53,11 @@ async def owned_app(services: Services, user: User, app_id: str) -> App:
     return app
 
 
+def check_run_owner(owner_id: str, user: User, run_id: str) -> None:
+    if owner_id != user.id:
+        raise Forbidden(f"run {run_id!r} belongs to another user")
+
+
 def check_run_id(run_id: str) -> str:
     if not RUN_ID_PATTERN.fullmatch(run_id):
         raise BadRequest(

@@ -11,11 +11,11 @@ from litestar.types import ASGIApp
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response as PlainResponse
 
-from app.api.deps import CurrentUser, ServicesDep
+from app.api.deps import CurrentUser, ServicesDep, check_run_owner
 from app.api.sse import event_stream, parse_last_event_id
 from app.api.views import live_run_view, row_run_view
 from app.control.run import OnDisconnect, Run
-from app.errors import BadRequest, Conflict, Forbidden, NotFound
+from app.errors import BadRequest, Conflict, NotFound
 from app.services import Services
 from app.store.models import Run as RunRow
 from app.store.models import User
@@ -36,7 +36,7 @@ class RunsController(Controller):
     async def get_run(self, run_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
         run = services.manager.get(run_id)
         if run is not None:
-            _check_owner(run.user_id, user, run_id)
+            check_run_owner(run.user_id, user, run_id)
             return live_run_view(run)
         return row_run_view(await _owned_row(services, user, run_id))
 
@@ -52,7 +52,7 @@ class RunsController(Controller):
         after = parse_last_event_id(last_event_id, run_id)
         run = services.manager.get(run_id)
         if run is not None:
-            _check_owner(run.user_id, user, run_id)
+            check_run_owner(run.user_id, user, run_id)
             return _join_live(services, run, after, on_disconnect)
         return _replay_final(await _owned_row(services, user, run_id), after)
 
@@ -93,14 +93,9 @@ def _terminal(row: RunRow) -> tuple[str, str]:
     return "failed", msgspec.json.encode({"error": error, "runId": row.id}).decode()
 
 
-def _check_owner(owner_id: str, user: CurrentUser, run_id: str) -> None:
-    if owner_id != user.id:
-        raise Forbidden(f"run {run_id!r} belongs to another user")
-
-
 async def _owned_row(services: Services, user: User, run_id: str) -> RunRow:
     row = await services.runs.get(run_id)
     if row is None:
         raise NotFound(f"no run {run_id!r}", code="run_not_found")
-    _check_owner(row.user_id, user, run_id)
+    check_run_owner(row.user_id, user, run_id)
     return row

@@ -106,7 +106,6 @@ class LoggedEvent(NamedTuple):
 
     seq: int
     kind: str
-    data: str
     wire: bytes
 
 
@@ -119,4 +118,4 @@ def log_event(run_id: str, seq: int, event: RunEvent) -> LoggedEvent:
     data = _encoder.encode({**event.payload(), "runId": run_id}).decode()
     name = "" if event.kind == TextDelta.kind else f"event: {event.kind}{SSE_SEPARATOR}"
     wire = f"id: {run_id}:{seq}{SSE_SEPARATOR}{name}data: {data}{SSE_SEPARATOR}{SSE_SEPARATOR}"
-    return LoggedEvent(seq, event.kind, data, wire.encode())
+    return LoggedEvent(seq, event.kind, wire.encode())
