@@ -59,17 +59,26 @@ async def owner_and_apps(db: Database) -> tuple[str, str, str]:
     return user.id, first.id, second.id
 
 
+@pytest.fixture
+def store(db: Database) -> HeldInsert:
+    return HeldInsert(db)
+
+
+@pytest.fixture
+def manager(store: HeldInsert) -> RunManager:
+    """A manager whose runs work until stopped, over the held-insert store."""
+    return RunManager(store, until_stopped)
+
+
 def request(run_id: str, app_id: str, user_id: str, tmp_path: Path, **kw: Multitask) -> RunRequest:
     return RunRequest(run_id, app_id, user_id, "hello", tmp_path / app_id, **kw)
 
 
 async def test_a_stop_during_the_insert_is_not_lost(
-    db: Database, owner_and_apps: tuple[str, str, str], tmp_path: Path
+    store: HeldInsert, manager: RunManager, owner_and_apps: tuple[str, str, str], tmp_path: Path
 ) -> None:
     user, app, _ = owner_and_apps
-    store = HeldInsert(db)
     store.hold = True
-    manager = RunManager(store, until_stopped)
     starting = asyncio.create_task(manager.start(request("r1", app, user, tmp_path)))
     await store.entered.wait()
     run = manager.get("r1")
@@ -85,12 +94,10 @@ async def test_a_stop_during_the_insert_is_not_lost(
 
 
 async def test_shutdown_waits_for_a_run_still_being_started(
-    db: Database, owner_and_apps: tuple[str, str, str], tmp_path: Path
+    store: HeldInsert, manager: RunManager, owner_and_apps: tuple[str, str, str], tmp_path: Path
 ) -> None:
     user, app, _ = owner_and_apps
-    store = HeldInsert(db)
     store.hold = True
-    manager = RunManager(store, until_stopped)
     starting = asyncio.create_task(manager.start(request("r2", app, user, tmp_path)))
     await store.entered.wait()
     shutting_down = asyncio.create_task(manager.shutdown(grace_s=10))
@@ -109,11 +116,9 @@ async def test_shutdown_waits_for_a_run_still_being_started(
 
 
 async def test_delete_waits_for_a_start_in_progress_then_stops_it(
-    db: Database, owner_and_apps: tuple[str, str, str], tmp_path: Path
+    store: HeldInsert, manager: RunManager, owner_and_apps: tuple[str, str, str], tmp_path: Path
 ) -> None:
     user, app, _ = owner_and_apps
-    store = HeldInsert(db)
-    manager = RunManager(store, until_stopped)
     first = await manager.start(request("old", app, user, tmp_path))
     store.hold = True
     superseding = asyncio.create_task(manager.start(request("new", app, user, tmp_path)))
@@ -135,12 +140,10 @@ async def test_delete_waits_for_a_start_in_progress_then_stops_it(
 
 
 async def test_one_run_id_claimed_by_two_apps_at_once_is_a_conflict_not_a_crash(
-    db: Database, owner_and_apps: tuple[str, str, str], tmp_path: Path
+    store: HeldInsert, manager: RunManager, owner_and_apps: tuple[str, str, str], tmp_path: Path
 ) -> None:
     user, app_a, app_b = owner_and_apps
-    store = HeldInsert(db)
     store.hold = True
-    manager = RunManager(store, until_stopped)
     first = asyncio.create_task(manager.start(request("same", app_a, user, tmp_path)))
     await store.entered.wait()
     with pytest.raises(Conflict) as conflict:
