@@ -127,3 +127,9 @@ async def test_tokens_are_stored_hashed(server: ServerThread, token: str) -> Non
             content = path.read_bytes()
             assert token.encode() not in content, path
             assert other.encode() not in content, path
+
+
+async def test_tokens_can_be_passed_as_command_line_values(server: ServerThread) -> None:
+    """urlsafe base64 may start with "-", which argparse takes for an option: tokens never do."""
+    tokens = [server.add_user(f"user{i}") for i in range(64)]
+    assert all(token.startswith("rf_") for token in tokens)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from app.control.run import Run as LiveRun
 
 ABANDONED_RUN_LAST_SEQ = 1_000_000_000
+TOKEN_PREFIX = "rf_"
 
 # Turns of history sent to the model with a new message.
 HISTORY_TURNS = 20
@@ -37,7 +38,9 @@ class Users:
 
     async def create(self, name: str) -> tuple[User, str]:
         """Create a user; returns it with its token, which is shown once and never stored."""
-        token = secrets.token_urlsafe(32)
+        # A fixed prefix: a token never starts with "-" (which command lines take for an
+        # option), and a leaked token is recognisable to secret scanners.
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         user = User(id=new_id(), name=name, token_hash=hash_token(token))
         async with self._db.session() as s:
             s.add(user)
