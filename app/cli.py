@@ -1,4 +1,4 @@
-"""`runforge` command line: serve, user add, run."""
+"""`runforge` command line: serve, user add, run, templates."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from app.asgi import create_app
+from app.presets.commands import check_templates, list_templates, match_template
 from app.settings import Settings, SettingsError
 from app.store.db import Database
 from app.store.repo import Users, hash_token
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.cli_run import run_in_terminal
 
         return run_in_terminal(settings, args)
+    if args.command == "templates":
+        return templates(settings, args)
     return 2
 
 
@@ -58,9 +61,33 @@ def _parser() -> argparse.ArgumentParser:
     run_cmd = commands.add_parser("run", help="run a prompt against a running server, in the terminal")
     run_cmd.add_argument("prompt")
     run_cmd.add_argument("--app", dest="app_id", help="app id (default: create a new app)")
+    run_cmd.add_argument(
+        "--type",
+        dest="code_gen_type",
+        choices=["html", "multi_file", "vue_project"],
+        help="generation type of a new app (default: chosen from the prompt)",
+    )
     run_cmd.add_argument("--server", help="server URL (default http://RUNFORGE_HOST:RUNFORGE_PORT)")
     run_cmd.add_argument("--token", help="API token (default $RUNFORGE_TOKEN, then the local user's token)")
+    templates_cmd = commands.add_parser("templates", help="inspect the presets in RUNFORGE_TEMPLATES_DIR")
+    templates_sub = templates_cmd.add_subparsers(dest="templates_command", required=True)
+    templates_sub.add_parser("list", help="list presets and their quick-start triggers")
+    match_cmd = templates_sub.add_parser("match", help="print the preset a prompt selects: NAME METHOD SCORE, or none")
+    match_cmd.add_argument("prompt")
+    templates_sub.add_parser("check", help="validate every preset; exit 1 on any problem")
     return parser
+
+
+# -- templates -----------------------------------------------------------------------------
+
+
+def templates(settings: Settings, args: argparse.Namespace) -> int:
+    root = settings.templates_dir
+    if args.templates_command == "list":
+        return list_templates(root)
+    if args.templates_command == "match":
+        return match_template(root, args.prompt)
+    return check_templates(root)
 
 
 # -- serve ---------------------------------------------------------------------------------
