@@ -1,0 +1,504 @@
+"""The build after a vue_project run, with real npm and node processes (no mocks).
+
+Every project here has no dependencies, so ``npm install`` needs no network; its scripts are
+small node programs that stand in for vite. Process checks read /proc: a zombie (a killed child
+not yet reaped by its new parent) counts as dead, since it runs nothing and holds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.build import (
+    BUILD_DIR_PREFIX,
+    INSTALL_STAMP,
+    BuildFailed,
+    BuildResult,
+    BuildSettings,
+    discard_build,
+    publish_build,
+    run_build,
+)
+from app.control.cancel import RunCancelled, StopGate, StopReason
+from app.control.events import BuildEvent
+
+SETTINGS = BuildSettings(install_timeout_s=60.0, build_timeout_s=60.0)
+DEAD_WITHIN_S = 5.0  # generous: SIGKILL takes milliseconds
+HANG_TIMEOUT_S = 30.0  # only there to turn a hang into a failure
+
+Scenario = Callable[[Path], Coroutine[Any, Any, None]]
+
+# Stands in for vite: writes <outDir>/index.html and prints what it did.
+GOOD_BUILD = r"""
+const fs = require('fs');
+const path = require('path');
+const out = process.argv[process.argv.indexOf('--outDir') + 1];
+if (!process.argv.includes('--emptyOutDir')) process.exit(9);
+fs.mkdirSync(out, { recursive: true });
+fs.writeFileSync(path.join(out, 'index.html'), '<h1>' + fs.readFileSync('tag.txt', 'utf8') + '</h1>');
+console.log('compiled 1 file');
+console.log(`env CI=${process.env.CI} NO_COLOR=${process.env.NO_COLOR} FORCE_COLOR=${process.env.FORCE_COLOR}`);
+console.log('wrote index.html');
+"""
+
+FAILING_BUILD = r"""
+for (let i = 1; i <= 100; i++) console.log('output line ' + String(i).padStart(3, '0'));
+process.exit(3);
+"""
+
+NO_SITE_BUILD = "console.log('forgot the site');\n"
+
+# Prints "ready" once its pids are on disk, then waits forever with two grandchildren that keep
+# the output pipe open (stdio inherited, not detached: they stay in the build's process group).
+HANGING_BUILD = r"""
+const fs = require('fs');
+const { spawn } = require('child_process');
+const kids = [0, 1].map(() => spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'inherit' }));
+fs.writeFileSync('pids.json', JSON.stringify({ script: process.pid, children: kids.map((k) => k.pid) }));
+console.log('ready');
+setInterval(() => {}, 1000);
+"""
+
+# Exits 0 but leaves a watcher behind that still holds the output pipe.
+WATCHER_BUILD = r"""
+const fs = require('fs');
+const path = require('path');
+const { spawn } = require('child_process');
+const out = process.argv[process.argv.indexOf('--outDir') + 1];
+fs.writeFileSync(path.join(out, 'index.html'), '<h1>ok</h1>');
+const watcher = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'inherit' });
+watcher.unref();
+fs.writeFileSync('pids.json', JSON.stringify({ script: process.pid, children: [watcher.pid] }));
+console.log('built, watching');
+"""
+
+NOISY_BUILD = r"""
+const fs = require('fs');
+const path = require('path');
+const out = process.argv[process.argv.indexOf('--outDir') + 1];
+fs.writeFileSync(path.join(out, 'index.html'), 'ok');
+console.log('\x1b[1;31mred\x1b[0m and \x1b]0;title\x07plain');
+console.log('x'.repeat(5000));
+console.log('y'.repeat(200000));
+process.stdout.write('crlf line\r\n');
+process.stdout.write('last line without newline');
+"""
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """The emit callback: keeps every event and signals when a given output line appears."""
+
+    wait_line: str | None = None
+    events: list[BuildEvent] = field(default_factory=list)
+    seen: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, event: BuildEvent) -> None:
+        self.events.append(event)
+        if event.status == "output" and event.line == self.wait_line:
+            self.seen.set()
+
+    def steps(self) -> list[tuple[str, str]]:
+        return [(e.step, e.status) for e in self.events if e.status != "output"]
+
+    def lines(self, step: str = "build") -> list[str]:
+        return [e.line for e in self.events if e.step == step and e.status == "output"]
+
+    def last(self, step: str, status: str) -> BuildEvent:
+        return [e for e in self.events if (e.step, e.status) == (step, status)][-1]
+
+
+def make_project(root: Path, build_js: str | None = GOOD_BUILD, scripts: dict[str, str] | None = None) -> Path:
+    workspace = root / "ws"
+    workspace.mkdir()
+    all_scripts = {"build": "node build.js"} if build_js is not None else {}
+    all_scripts.update(scripts or {})
+    package = {"name": "site", "version": "1.0.0", "private": True, "scripts": all_scripts}
+    (workspace / "package.json").write_text(json.dumps(package, indent=2))
+    if build_js is not None:
+        (workspace / "build.js").write_text(build_js)
+    (workspace / "tag.txt").write_text("first")
+    return workspace
+
+
+def build_dirs(workspace: Path) -> list[Path]:
+    return sorted(workspace.glob(f"{BUILD_DIR_PREFIX}*"))
+
+
+def proc_state(pid: int) -> tuple[str, int] | None:
+    """(state, session id) of a process, or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
+    return fields[0], int(fields[3])
+
+
+def is_alive(pid: int) -> bool:
+    state = proc_state(pid)
+    return state is not None and state[0] not in ("Z", "X")  # zombie or dead: runs nothing
+
+
+def session_members(sid: int) -> set[int]:
+    members = set()
+    for entry in Path("/proc").iterdir():
+        state = proc_state(int(entry.name)) if entry.name.isdigit() else None
+        if state is not None and state[1] == sid and state[0] not in ("Z", "X"):
+            members.add(int(entry.name))
+    return members
+
+
+def processes_in(root: Path) -> list[int]:
+    """Live processes whose working directory is inside ``root``: what a build would leave behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue  # gone, or a zombie (no cwd any more)
+        if cwd.is_relative_to(root) and is_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+async def assert_all_dead(pids: set[int]) -> None:
+    deadline = time.monotonic() + DEAD_WITHIN_S
+    while alive := sorted(pid for pid in pids if is_alive(pid)):
+        assert time.monotonic() < deadline, f"still running after {DEAD_WITHIN_S} s: {alive}"
+        await asyncio.sleep(0.02)  # polling for a death the kernel does not announce to us
+
+
+def read_pids(workspace: Path) -> set[int]:
+    pids = json.loads((workspace / "pids.json").read_text())
+    return {pids["script"], *pids["children"]}
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test did, no process it started may outlive it (killed here, then failed)."""
+    yield
+    deadline = time.monotonic() + DEAD_WITHIN_S
+    while left := processes_in(tmp_path):
+        if time.monotonic() > deadline:
+            for pid in left:
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"processes left running in the workspace: {left}")
+        time.sleep(0.02)
+
+
+async def build(workspace: Path, settings: BuildSettings = SETTINGS) -> tuple[BuildResult, Recorder]:
+    recorder = Recorder()
+    async with asyncio.timeout(HANG_TIMEOUT_S):
+        result = await run_build(workspace, settings, recorder, StopGate())
+    return result, recorder
+
+
+async def build_fails(workspace: Path, settings: BuildSettings = SETTINGS) -> tuple[BuildFailed, Recorder]:
+    recorder = Recorder()
+    with pytest.raises(BuildFailed) as caught:
+        async with asyncio.timeout(HANG_TIMEOUT_S):
+            await run_build(workspace, settings, recorder, StopGate())
+    return caught.value, recorder
+
+
+# -- nothing to build --------------------------------------------------------------------
+
+
+async def test_disabled_builds_are_skipped(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path)
+    result, recorder = await build(workspace, BuildSettings(enabled=False))
+    assert result == BuildResult(None, False, "disabled")
+    assert recorder.events == [BuildEvent("build", "skipped", line="builds are disabled")]
+    assert not (workspace / "node_modules").exists()
+
+
+async def test_no_package_json_is_skipped(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path)
+    (workspace / "package.json").unlink()
+    result, recorder = await build(workspace)
+    assert result == BuildResult(None, False, "no package.json")
+    assert recorder.steps() == [("build", "skipped")]
+
+
+async def test_no_build_script_is_skipped(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, build_js=None, scripts={"dev": "node dev.js"})
+    result, recorder = await build(workspace)
+    assert result == BuildResult(None, False, "no build script")
+    assert recorder.steps() == [("build", "skipped")]
+    assert not (workspace / "package-lock.json").exists()  # npm never ran
+
+
+async def test_broken_package_json_fails_the_build(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path)
+    (workspace / "package.json").write_text('{"scripts": {"build": "node build.js"},,}')
+    failure, recorder = await build_fails(workspace)
+    assert failure.code == "build_failed"
+    assert "package.json" in failure.message
+    assert recorder.steps() == [("build", "failed")]
+
+
+# -- a good build ------------------------------------------------------------------------
+
+
+async def test_build_streams_events_and_publish_swaps_dist(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path)
+    (workspace / "dist").mkdir()
+    (workspace / "dist" / "index.html").write_text("previous")
+    result, recorder = await build(workspace)
+
+    assert recorder.steps() == [
+        ("install", "started"),
+        ("install", "finished"),
+        ("build", "started"),
+        ("build", "finished"),
+    ]
+    first, last = recorder.events.index(BuildEvent("build", "started", line="npm run build")), len(recorder.events) - 1
+    build_lines = [e.line for e in recorder.events[first:last] if e.status == "output"]
+    assert build_lines.index("compiled 1 file") < build_lines.index("wrote index.html")
+    assert "env CI=1 NO_COLOR=1 FORCE_COLOR=0" in build_lines
+    finished = recorder.last("build", "finished")
+    assert finished.exit_code == 0
+    assert finished.seconds is not None
+    assert finished.seconds > 0
+
+    assert result.installed
+    assert result.skipped_reason is None
+    assert result.out_dir is not None
+    assert result.out_dir.parent == workspace
+    assert result.out_dir.name.startswith(BUILD_DIR_PREFIX)
+    assert (result.out_dir / "index.html").read_text() == "<h1>first</h1>"
+    assert (workspace / "dist" / "index.html").read_text() == "previous"  # served until the swap
+
+    publish_build(workspace, result.out_dir)
+    assert (workspace / "dist" / "index.html").read_text() == "<h1>first</h1>"
+    assert build_dirs(workspace) == []  # neither the temp dir nor the old dist is left
+
+
+async def test_publish_without_a_previous_dist(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path)
+    result, _ = await build(workspace)
+    assert result.out_dir is not None
+    publish_build(workspace, result.out_dir)
+    assert (workspace / "dist" / "index.html").is_file()
+    assert build_dirs(workspace) == []
+
+
+async def test_install_runs_only_when_dependencies_change(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path)
+    first, _ = await build(workspace)
+    assert first.installed
+    assert (workspace / "node_modules" / INSTALL_STAMP).is_file()
+
+    second, recorder = await build(workspace)
+    assert not second.installed
+    assert recorder.events[0] == BuildEvent("install", "skipped", line="dependencies unchanged")
+    assert ("install", "started") not in recorder.steps()
+
+    package = json.loads((workspace / "package.json").read_text())
+    (workspace / "package.json").write_text(json.dumps({**package, "description": "changed"}))
+    third, recorder = await build(workspace)
+    assert third.installed
+    assert recorder.steps()[:2] == [("install", "started"), ("install", "finished")]
+
+
+async def test_output_lines_are_cleaned_and_cut(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, NOISY_BUILD)
+    _, recorder = await build(workspace, BuildSettings(max_line_chars=100))
+    lines = recorder.lines()
+    assert "red and plain" in lines
+    assert "crlf line" in lines
+    assert lines[-1] == "last line without newline"
+    for char in "xy":
+        (cut,) = [line for line in lines if line.startswith(char * 10)]
+        assert len(cut) == 100
+        assert cut.endswith("…")
+    assert all("\x1b" not in line and len(line) <= 100 for line in lines)
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+async def test_failing_build_reports_the_tail_and_leaves_nothing(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, FAILING_BUILD)
+    failure, recorder = await build_fails(workspace, BuildSettings(tail_lines=20))
+    assert failure.code == "build_failed"
+    assert "exited with code 3" in failure.message
+    assert failure.message.endswith(failure.tail)
+    assert "output line 100" in failure.tail
+    assert "output line 001" not in failure.message
+    assert len(failure.tail.splitlines()) <= 20
+    failed = recorder.last("build", "failed")
+    assert failed.exit_code == 3
+    assert recorder.steps()[-1] == ("build", "failed")
+    assert build_dirs(workspace) == []
+
+
+async def test_build_without_index_html_fails(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, NO_SITE_BUILD)
+    failure, _ = await build_fails(workspace)
+    assert failure.code == "build_failed"
+    assert "index.html" in failure.message
+    assert "forgot the site" in failure.tail
+    assert build_dirs(workspace) == []
+
+
+async def test_failing_install_stops_before_the_build(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, scripts={"preinstall": "node -e \"console.log('no'); process.exit(4)\""})
+    failure, recorder = await build_fails(workspace)
+    assert failure.code == "install_failed"
+    assert recorder.steps() == [("install", "started"), ("install", "failed")]
+    assert recorder.last("install", "failed").exit_code == 4
+    assert not (workspace / "node_modules" / INSTALL_STAMP).exists()
+    assert build_dirs(workspace) == []
+
+
+async def test_missing_npm(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path)
+    failure, recorder = await build_fails(workspace, BuildSettings(npm=str(tmp_path / "no-such-npm")))
+    assert failure.code == "npm_missing"
+    assert recorder.steps() == [("install", "started"), ("install", "failed")]
+
+
+async def timeout_kills_the_group(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, HANGING_BUILD)
+    failure, recorder = await build_fails(workspace, BuildSettings(build_timeout_s=1.0))
+    assert failure.code == "build_timeout"
+    assert "ready" in failure.tail
+    assert recorder.last("build", "failed").exit_code is None
+    await assert_all_dead(read_pids(workspace))
+    assert build_dirs(workspace) == []
+
+
+async def children_left_after_a_good_build_are_killed(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, WATCHER_BUILD)
+    started = time.monotonic()
+    result, recorder = await build(workspace)
+    # The watcher holds the output pipe: without the group kill, the build would wait for it.
+    assert time.monotonic() - started < 10.0
+    assert result.out_dir is not None
+    assert "built, watching" in recorder.lines()
+    await assert_all_dead(read_pids(workspace))
+
+
+# -- stop --------------------------------------------------------------------------------
+
+
+async def test_closed_gate_starts_no_process(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path)
+    gate = StopGate()
+    gate.close(StopReason.USER_STOP)
+    recorder = Recorder()
+    with pytest.raises(RunCancelled):
+        await run_build(workspace, SETTINGS, recorder, gate)
+    assert recorder.events == []
+    assert not (workspace / "package-lock.json").exists()
+    assert not (workspace / "node_modules").exists()
+    assert build_dirs(workspace) == []
+
+
+async def stop_kills_the_whole_group(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, HANGING_BUILD)
+    gate, recorder = StopGate(), Recorder(wait_line="ready")
+    task = asyncio.create_task(run_build(workspace, SETTINGS, recorder, gate))
+    async with asyncio.timeout(HANG_TIMEOUT_S):
+        await recorder.seen.wait()
+
+    script_pids = read_pids(workspace)
+    session = proc_state(next(iter(script_pids)))  # all of them share npm's session
+    assert session is not None
+    sid = session[1]
+    assert sid != os.getsid(0)  # npm leads a session of its own
+    members = session_members(sid)
+    assert {sid, *script_pids} <= members  # npm, the script and both grandchildren
+
+    gate.close(StopReason.USER_STOP)  # what a stop does: close the gate, then cancel the task
+    task.cancel()
+    stopped = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - stopped < DEAD_WITHIN_S
+    assert proc_state(sid) is None  # npm itself was killed and reaped before the task ended
+    await assert_all_dead(members)
+    assert build_dirs(workspace) == []
+    assert ("build", "finished") not in recorder.steps()
+
+
+async def test_a_second_stop_still_waits_for_the_group(tmp_path: Path) -> None:
+    workspace = make_project(tmp_path, HANGING_BUILD)
+    recorder = Recorder(wait_line="ready")
+    task = asyncio.create_task(run_build(workspace, SETTINGS, recorder, StopGate()))
+    async with asyncio.timeout(HANG_TIMEOUT_S):
+        await recorder.seen.wait()
+    script_pids = read_pids(workspace)
+    state = proc_state(next(iter(script_pids)))
+    assert state is not None
+    npm_pid = state[1]  # npm leads the session
+    task.cancel()
+    await asyncio.sleep(0)  # one turn of the loop: the task is now waiting for the killed group
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert proc_state(npm_pid) is None  # npm was reaped before the task ended, not merely signalled
+    await assert_all_dead(script_pids)
+    assert build_dirs(workspace) == []
+
+
+GROUP_SCENARIOS = [timeout_kills_the_group, children_left_after_a_good_build_are_killed, stop_kills_the_whole_group]
+
+
+@pytest.mark.parametrize("scenario", GROUP_SCENARIOS)
+async def test_process_group(tmp_path: Path, scenario: Scenario) -> None:
+    await scenario(tmp_path)
+
+
+@pytest.mark.parametrize("scenario", GROUP_SCENARIOS)
+def test_process_group_on_uvloop(tmp_path: Path, scenario: Scenario) -> None:
+    """uvicorn runs the server on uvloop when it is installed: its subprocess support must do the same."""
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario(tmp_path))
+
+
+async def test_stop_while_npm_is_being_started(tmp_path: Path) -> None:
+    """A cancellation that lands during process creation still kills what was created."""
+    workspace = make_project(tmp_path)
+    recorder = Recorder()
+
+    def emit(event: BuildEvent) -> None:
+        recorder(event)
+        if (event.step, event.status) == ("build", "started"):
+            task.cancel()  # delivered at the next await: the creation of npm
+
+    task = asyncio.create_task(run_build(workspace, SETTINGS, emit, StopGate()))
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(HANG_TIMEOUT_S):
+            await task
+    assert recorder.steps()[-1] == ("build", "started")
+    assert build_dirs(workspace) == []
+    # The autouse fixture checks that npm, created and then killed, is not left running.
+
+
+def test_discard_build_removes_only_temp_dirs(tmp_path: Path) -> None:
+    (tmp_path / f"{BUILD_DIR_PREFIX}0123").mkdir()
+    (tmp_path / f"{BUILD_DIR_PREFIX}0123" / "index.html").write_text("half")
+    (tmp_path / f"{BUILD_DIR_PREFIX}replaced-4567").mkdir()
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "src.js").write_text("keep")
+    discard_build(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist", "src.js"]
