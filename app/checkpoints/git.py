@@ -1,0 +1,465 @@
+"""Per-app workspace checkpoints, kept in a git repository that lives outside the workspace.
+
+Why git: content addressing makes "a checkpoint after every run" cheap (an unchanged file costs
+nothing) and ``read-tree -u --reset`` gives an exact restore.
+
+Why the repository is ``<root>/<app_id>.git`` and never the workspace's own ``.git``: the workspace
+is written by an LLM through the file tools, and a ``.git`` it controls means hooks, filters and
+config, i.e. code execution. Every git process here therefore gets ``--git-dir``/``--work-tree``,
+no shell, no hooks, no system/global/user config, no user-level ignore or attribute files, no
+fsmonitor and no signing. The repository's ``info/attributes`` outranks any ``.gitattributes`` in the
+workspace and switches off every content conversion, so a checkpoint stores and restores bytes.
+
+What a checkpoint holds: every regular file and symlink in the workspace except ``node_modules/``,
+``dist/``, ``.runforge-build-*/`` and any ``.git`` (these are never committed and never removed by a
+restore). The workspace is walked here rather than with ``git add -A`` on purpose: ``add`` obeys the
+workspace's own ``.gitignore`` (a model-written ``*`` would empty every checkpoint) and aborts on a
+directory that merely looks like a nested repository (a planted ``sub/.git/HEAD`` would break every
+checkpoint of the app). The index is fed explicit paths through ``update-index`` instead.
+
+Blocking API: callers use ``asyncio.to_thread``. One lock per app keeps two threads from running git
+on one repository at once. Stale git lock files are removed under that lock, which assumes one
+Runforge process owns the data directory (as it owns the SQLite store).
+
+Invalid arguments (app id, run id, sha) raise :class:`CheckpointError`, like every other failure, so
+callers handle one exception type.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = ["Checkpoint", "CheckpointError", "Checkpoints"]
+
+_APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_RUN_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+_SUBJECTS = {
+    "baseline": "baseline before run {run_id}",
+    "run": "run {run_id}",
+    "revert": "revert to run {run_id}",
+}
+_RUN_ID_TRAILER = "Runforge-Run-Id"
+_KIND_TRAILER = "Runforge-Kind"
+# Unit (%x1f) and record (%x1e) separators cannot occur in our subjects or trailers.
+_LOG_FORMAT = (
+    "%H%x1f%T%x1f%ct%x1f%s"
+    f"%x1f%(trailers:key={_RUN_ID_TRAILER},valueonly)%x1f%(trailers:key={_KIND_TRAILER},valueonly)%x1e"
+)
+
+# Never committed, never removed by a restore. The walk below and info/exclude (read by
+# ``git clean``) must agree, so both come from these names.
+_IGNORED_DIRS = frozenset({b"node_modules", b"dist"})
+_BUILD_DIR_PREFIX = b".runforge-build-"
+_EXCLUDE = "node_modules/\ndist/\n.runforge-build-*/\n.[Gg][Ii][Tt]\n"
+# Outranks the workspace's .gitattributes: no eol conversion, no filter drivers, no $Id$ expansion,
+# no re-encoding. Filter drivers could not run anyway (their commands live in config we never
+# read), but conversions alone would make a checkpoint differ from the bytes on disk.
+_ATTRIBUTES = "* -text -crlf -eol -filter -ident -working-tree-encoding\n"
+
+_GIT_CONFIG = (
+    "core.hooksPath=/dev/null",
+    "commit.gpgsign=false",
+    "core.autocrlf=false",
+    "core.fsmonitor=false",
+    "user.name=Runforge",
+    "user.email=runforge@localhost",
+    "safe.directory=*",
+    # The default user-level files (~/.config/git/ignore, .../attributes) are read even when
+    # GIT_CONFIG_GLOBAL hides the global config.
+    "core.excludesFile=/dev/null",
+    "core.attributesFile=/dev/null",
+    # These protect checkouts onto NTFS/HFS+. Nothing is ever checked out into a repository here,
+    # and left on they make git refuse names like "git~1/x" that the file tools allow, which would
+    # fail every later checkpoint of the app. ".git" itself (any case) is still refused.
+    "core.protectNTFS=false",
+    "core.protectHFS=false",
+    # A triggered `gc --auto` must finish inside our call, not linger as a detached process.
+    "gc.autoDetach=false",
+)
+_CONFIG_ARGS = tuple(arg for item in _GIT_CONFIG for arg in ("-c", item))
+_GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_ATTR_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    "LC_ALL": "C",
+}
+_GIT_TIMEOUT_S = 120.0
+_STDERR_CHARS = 500
+# Lock files a killed git (crash, timeout) can leave behind; they would block every later call.
+_STALE_LOCKS = ("index.lock", "HEAD.lock", "refs/heads/*.lock")
+_TREE_CACHE_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    sha: str
+    run_id: str
+    kind: str  # "baseline" (found before a run) | "run" (after a completed run) | "revert"
+    created_at: datetime  # aware, UTC; git's committer time (whole seconds)
+    summary: str  # the commit subject line
+    files: int  # number of files (and symlinks) in the commit's tree
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be taken, read or restored, or an argument was invalid."""
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> None:
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise CheckpointError(f"invalid {what}: {value!r}"[:200])
+
+
+@dataclass(frozen=True, slots=True)
+class _Git:
+    """One repository (and optionally its work tree), run without a shell and without any config
+    or hook the workspace could influence."""
+
+    executable: str
+    git_dir: Path
+    work_tree: Path | None = None
+
+    def run(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        command = [self.executable, *_CONFIG_ARGS, f"--git-dir={self.git_dir}"]
+        if self.work_tree is not None:
+            command.append(f"--work-tree={self.work_tree}")
+        try:
+            return subprocess.run(
+                [*command, *args],
+                input=stdin,  # always a pipe: git never reads our stdin
+                capture_output=True,
+                cwd=self.work_tree or self.git_dir.parent,
+                env=_git_env(),
+                timeout=_GIT_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            _clear_stale_locks(self.git_dir)  # the killed git was ours: its locks are stale
+            raise CheckpointError(f"git {args[0]} timed out after {_GIT_TIMEOUT_S:g}s") from exc
+        except OSError as exc:
+            raise CheckpointError(f"cannot run git: {exc}") from exc
+
+    def out(self, *args: str, stdin: bytes = b"") -> bytes:
+        """Run and return stdout; any non-zero exit is a :class:`CheckpointError`."""
+        proc = self.run(*args, stdin=stdin)
+        if proc.returncode != 0:
+            detail = proc.stderr.decode("utf-8", "replace").strip()[-_STDERR_CHARS:]
+            raise CheckpointError(f"git {args[0]} failed ({proc.returncode}): {detail}")
+        return proc.stdout
+
+    def text(self, *args: str) -> str:
+        return self.out(*args).decode("utf-8", "replace").strip()
+
+
+def _git_env() -> dict[str, str]:
+    # Inherited GIT_* variables (GIT_DIR, GIT_INDEX_FILE, GIT_EXEC_PATH...) would redirect git.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    env.update(_GIT_ENV)
+    return env
+
+
+def _clear_stale_locks(git_dir: Path) -> None:
+    for pattern in _STALE_LOCKS:
+        for lock in git_dir.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+
+
+# --- the workspace walk ----------------------------------------------------------------------
+
+
+def _skipped_dir(name: bytes) -> bool:
+    return name in _IGNORED_DIRS or name.startswith(_BUILD_DIR_PREFIX) or name.lower() == b".git"
+
+
+def _skipped_file(name: bytes, is_symlink: bool) -> bool:
+    # Git refuses these in an index (bytes.lower() is ASCII-only, like git's own check).
+    lowered = name.lower()
+    return lowered == b".git" or (is_symlink and lowered == b".gitmodules")
+
+
+def _workspace_files(workspace: Path) -> set[bytes]:
+    """Every path a checkpoint holds, relative and "/"-separated (bytes: names need not be UTF-8)."""
+    root = os.fsencode(workspace)
+    found: set[bytes] = set()
+    pending = [b""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(root, rel) if rel else root) as entries:
+            for entry in entries:
+                _visit(entry, rel + b"/" + entry.name if rel else entry.name, found, pending)
+    return found
+
+
+def _visit(entry: os.DirEntry[bytes], path: bytes, found: set[bytes], pending: builtins.list[bytes]) -> None:
+    if entry.is_symlink():  # recorded as a link, never followed
+        if not _skipped_file(entry.name, is_symlink=True):
+            found.add(path)
+    elif entry.is_dir():
+        if not _skipped_dir(entry.name):
+            pending.append(path)
+    elif entry.is_file() and not _skipped_file(entry.name, is_symlink=False):
+        found.add(path)
+    # Sockets, FIFOs and devices cannot be stored in git: skipped.
+
+
+def _nul_joined(paths: Iterable[bytes]) -> bytes:
+    return b"".join(path + b"\0" for path in paths)
+
+
+# --- log parsing -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    sha: str
+    tree: str
+    created_at: datetime
+    summary: str
+    run_id: str
+    kind: str
+
+
+def _parse_log(raw: bytes) -> builtins.list[_Entry]:
+    entries: builtins.list[_Entry] = []
+    for record in raw.decode("utf-8", "replace").split("\x1e"):
+        fields = [field.strip() for field in record.split("\x1f")]
+        if len(fields) != 6:
+            continue  # the empty tail after the last separator
+        sha, tree, timestamp, summary, run_id, kind = fields
+        if kind not in _SUBJECTS or _RUN_ID.fullmatch(run_id) is None:
+            continue  # not written by us, so not a checkpoint
+        created_at = datetime.fromtimestamp(int(timestamp), tz=UTC)
+        entries.append(_Entry(sha, tree, created_at, summary, run_id, kind))
+    return entries
+
+
+def _message(kind: str, run_id: str) -> bytes:
+    subject = _SUBJECTS[kind].format(run_id=run_id)
+    return f"{subject}\n\n{_RUN_ID_TRAILER}: {run_id}\n{_KIND_TRAILER}: {kind}\n".encode()
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class Checkpoints:
+    """Checkpoints of every app's workspace, one bare repository per app under ``root``.
+
+    The per-app locks live in the instance: share one instance per root.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(os.path.abspath(root))
+        self._git_executable = shutil.which("git")
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._tree_files: dict[str, int] = {}  # tree sha -> file count; trees never change
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def base(self, app_id: str, workspace: Path, run_id: str) -> str:
+        """Before a run: commit the workspace (kind "baseline") if it differs from HEAD, creating the
+        repository, the workspace directory and a first (possibly empty) commit if needed.
+
+        Returns the sha the run starts from, which is what a rollback restores.
+        """
+        _check(_RUN_ID, run_id, "run id")
+        with self._locked(app_id) as git_dir:
+            git = self._open(git_dir, workspace, create=True)
+            tree = self._stage(git)
+            head = _head(git)
+            if head is not None and git.text("rev-parse", f"{head}^{{tree}}") == tree:
+                return head  # nothing new since the last checkpoint: no duplicate baseline
+            return self._commit(git, tree, head, "baseline", run_id)
+
+    def commit_run(self, app_id: str, workspace: Path, run_id: str) -> Checkpoint:
+        """After a completed run: commit the workspace (kind "run"), even when nothing changed, so
+        every completed run has its own checkpoint."""
+        _check(_RUN_ID, run_id, "run id")
+        with self._locked(app_id) as git_dir:
+            git = self._open(git_dir, workspace, create=True)
+            sha = self._commit(git, self._stage(git), _head(git), "run", run_id)
+            return self._read_one(git, sha)
+
+    def list(self, app_id: str) -> builtins.list[Checkpoint]:
+        """All checkpoints, newest first; [] when the app has none."""
+        with self._locked(app_id) as git_dir:
+            if not _exists(git_dir):
+                return []
+            git = self._open(git_dir, None, create=False)
+            return [self._checkpoint(git, entry) for entry in self._log(git)]
+
+    def find_run(self, app_id: str, run_id: str) -> Checkpoint | None:
+        """The checkpoint (kind "run") taken when ``run_id`` completed, if any."""
+        _check(_RUN_ID, run_id, "run id")
+        with self._locked(app_id) as git_dir:
+            if not _exists(git_dir):
+                return None
+            return self._find_run(self._open(git_dir, None, create=False), run_id)
+
+    def restore(self, app_id: str, workspace: Path, sha: str) -> None:
+        """Make the workspace equal to the tree of ``sha``: tracked files restored, others removed,
+        ignored paths untouched. HEAD does not move and nothing is committed."""
+        _check(_SHA, sha, "checkpoint sha")
+        with self._locked(app_id) as git_dir:
+            self._restore(self._open(git_dir, workspace, create=False), sha)
+
+    def revert_to_run(self, app_id: str, workspace: Path, run_id: str) -> Checkpoint:
+        """Restore the state after ``run_id`` and commit it (kind "revert"), so a revert can itself
+        be reverted. :class:`CheckpointError` if that run has no checkpoint."""
+        _check(_RUN_ID, run_id, "run id")
+        with self._locked(app_id) as git_dir:
+            git = self._open(git_dir, workspace, create=False)
+            target = self._find_run(git, run_id)
+            if target is None:
+                raise CheckpointError(f"run {run_id} has no checkpoint")
+            self._restore(git, target.sha)
+            sha = self._commit(git, self._stage(git), _head(git), "revert", run_id)
+            return self._read_one(git, sha)
+
+    def delete(self, app_id: str) -> None:
+        """Remove the app's repository (the app was deleted)."""
+        with self._locked(app_id) as git_dir:
+            if git_dir.exists():
+                shutil.rmtree(git_dir)
+
+    # --- locking and opening --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, app_id: str) -> Iterator[Path]:
+        """Hold the app's lock; yields its git dir. The app id is validated before it is a path."""
+        _check(_APP_ID, app_id, "app id")
+        with self._locks_guard:
+            lock = self._locks.setdefault(app_id, threading.Lock())
+        with lock:
+            git_dir = self._root / f"{app_id}.git"
+            try:
+                _clear_stale_locks(git_dir)  # no git of ours runs on it while we hold the lock
+                yield git_dir
+            except OSError as exc:  # an unreadable workspace, a full disk...: one error type for callers
+                raise CheckpointError(f"checkpoint storage failed: {exc}") from exc
+
+    def _open(self, git_dir: Path, workspace: Path | None, *, create: bool) -> _Git:
+        """The app's repository (created if ``create``), with the workspace as work tree; a missing
+        workspace directory is created, once the repository is known to exist."""
+        if self._git_executable is None:
+            raise CheckpointError("git is not installed")
+        work_tree = None if workspace is None else _work_tree(Path(workspace), git_dir)
+        git = _Git(self._git_executable, git_dir, work_tree)
+        if not _exists(git_dir):
+            if not create:
+                raise CheckpointError(f"app {git_dir.stem} has no checkpoints")
+            self._init(git)
+        if work_tree is not None:
+            work_tree.mkdir(parents=True, exist_ok=True)
+        return git
+
+    def _init(self, git: _Git) -> None:
+        """Create the bare repository next to its final name, then rename: a crash never leaves a
+        half-made repository under the real name."""
+        if os.path.lexists(git.git_dir):  # never ours: we only ever rename a complete repository here
+            raise CheckpointError(f"{git.git_dir} exists but is not a repository; left for an operator")
+        self._root.mkdir(parents=True, exist_ok=True)
+        staging = self._root / f".{git.git_dir.name}.{secrets.token_hex(8)}.tmp"
+        try:
+            # --template= : no sample hooks, no description; info/ is written below.
+            _Git(git.executable, staging).out("init", "--quiet", "--bare", "--template=", "--initial-branch=main")
+            (staging / "info").mkdir()
+            (staging / "info" / "exclude").write_text(_EXCLUDE)
+            (staging / "info" / "attributes").write_text(_ATTRIBUTES)
+            staging.rename(git.git_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # --- building blocks (the app's lock is held) -----------------------------------------------
+
+    def _stage(self, git: _Git) -> str:
+        """Make the index equal to the workspace and return its tree sha."""
+        assert git.work_tree is not None
+        files = _workspace_files(git.work_tree)
+        indexed = {path for path in git.out("ls-files", "-z").split(b"\0") if path}
+        gone = indexed - files
+        if gone:
+            git.out("update-index", "--force-remove", "-z", "--stdin", stdin=_nul_joined(gone))
+        if files:
+            # --remove: a file deleted since the walk drops out; --replace: a file that became a
+            # directory (or the reverse) replaces the old entry.
+            update = ("update-index", "--add", "--remove", "--replace", "-z", "--stdin")
+            git.out(*update, stdin=_nul_joined(files))
+        return git.text("write-tree")
+
+    def _commit(self, git: _Git, tree: str, parent: str | None, kind: str, run_id: str) -> str:
+        # Plumbing, not `git commit`: no hooks, no editor, and update-ref checks the old HEAD.
+        parents = ("-p", parent) if parent is not None else ()
+        sha = git.out("commit-tree", tree, *parents, "-F", "-", stdin=_message(kind, run_id)).decode().strip()
+        git.out("update-ref", "HEAD", sha, parent or "")
+        git.out("gc", "--auto", "--quiet")  # keeps loose objects bounded; usually a no-op
+        return sha
+
+    def _restore(self, git: _Git, sha: str) -> None:
+        if git.run("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}").returncode != 0:
+            raise CheckpointError(f"unknown checkpoint {sha}")
+        self._stage(git)  # files created since the checkpoint are now in the index...
+        git.out("read-tree", "-u", "--reset", sha)  # ...so this removes them, and restores the rest
+        git.out("clean", "-fdq")  # left-overs (empty directories); never -x: ignored paths stay
+
+    def _log(self, git: _Git) -> builtins.list[_Entry]:
+        if _head(git) is None:
+            return []
+        return _parse_log(git.out("log", f"--format={_LOG_FORMAT}", "HEAD", "--"))
+
+    def _find_run(self, git: _Git, run_id: str) -> Checkpoint | None:
+        for entry in self._log(git):
+            if entry.kind == "run" and entry.run_id == run_id:
+                return self._checkpoint(git, entry)
+        return None
+
+    def _read_one(self, git: _Git, sha: str) -> Checkpoint:
+        entries = _parse_log(git.out("log", "-1", f"--format={_LOG_FORMAT}", sha, "--"))
+        if not entries:
+            raise CheckpointError(f"commit {sha} is not a checkpoint")
+        return self._checkpoint(git, entries[0])
+
+    def _checkpoint(self, git: _Git, entry: _Entry) -> Checkpoint:
+        files = self._count_files(git, entry.tree)
+        return Checkpoint(entry.sha, entry.run_id, entry.kind, entry.created_at, entry.summary, files)
+
+    def _count_files(self, git: _Git, tree: str) -> int:
+        count = self._tree_files.get(tree)
+        if count is None:
+            count = git.out("ls-tree", "-r", "-z", "--name-only", tree).count(b"\0")
+            if len(self._tree_files) >= _TREE_CACHE_MAX:
+                self._tree_files.clear()
+            self._tree_files[tree] = count
+        return count
+
+
+def _exists(git_dir: Path) -> bool:
+    return (git_dir / "HEAD").is_file()
+
+
+def _head(git: _Git) -> str | None:
+    proc = git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+
+def _work_tree(workspace: Path, git_dir: Path) -> Path:
+    """The absolute workspace path, refusing any overlap with the git dir (the file tools must
+    never reach the repository, and git must never treat its own files as workspace files)."""
+    real_workspace, real_git_dir = Path(os.path.realpath(workspace)), Path(os.path.realpath(git_dir))
+    if real_git_dir.is_relative_to(real_workspace) or real_workspace.is_relative_to(real_git_dir):
+        raise CheckpointError("the checkpoint repository and the workspace overlap")
+    return real_workspace
