@@ -20,6 +20,7 @@ from app.api.chat import ChatController
 from app.api.deps import provide_services, provide_user
 from app.api.home import healthz, home
 from app.api.runs import RunsController
+from app.api.workspace import WorkspaceController
 from app.errors import EXCEPTION_HANDLERS
 from app.services import Services
 from app.settings import Settings
@@ -50,7 +51,7 @@ def create_app(settings: Settings) -> Litestar:
             await services.stop()
 
     return Litestar(
-        route_handlers=[home, healthz, AppsController, ChatController, RunsController],
+        route_handlers=[home, healthz, AppsController, WorkspaceController, ChatController, RunsController],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "user": Provide(provide_user),

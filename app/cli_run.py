@@ -60,7 +60,7 @@ def run_in_terminal(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return asyncio.run(_run(server, token, args.app_id, args.prompt))
+    return asyncio.run(_run(server, token, args.app_id, args.prompt, getattr(args, "code_gen_type", None)))
 
 
 def _local_token(settings: Settings) -> str | None:
@@ -70,12 +70,12 @@ def _local_token(settings: Settings) -> str | None:
         return None
 
 
-async def _run(server: str, token: str, app_id: str | None, prompt: str) -> int:
+async def _run(server: str, token: str, app_id: str | None, prompt: str, code_gen_type: str | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"}
     timeout = httpx.Timeout(10.0, read=None)
     async with httpx.AsyncClient(base_url=server, headers=headers, timeout=timeout) as client:
         try:
-            app_id = app_id or await _create_app(client, prompt)
+            app_id = app_id or await _create_app(client, prompt, code_gen_type)
         except httpx.HTTPError as exc:
             print(f"runforge: cannot reach {server}: {exc}", file=sys.stderr)
             return 1
@@ -91,11 +91,13 @@ async def _run(server: str, token: str, app_id: str | None, prompt: str) -> int:
             stopper.cancel()
 
 
-async def _create_app(client: httpx.AsyncClient, prompt: str) -> str:
-    response = await client.post("/apps", json={"initPrompt": prompt})
+async def _create_app(client: httpx.AsyncClient, prompt: str, code_gen_type: str | None) -> str:
+    body = {"initPrompt": prompt} | ({"codeGenType": code_gen_type} if code_gen_type else {})
+    response = await client.post("/apps", json=body)
     response.raise_for_status()
-    app_id: str = response.json()["id"]
-    print(f"created app {app_id}")
+    app = response.json()
+    app_id: str = app["id"]
+    print(f"created app {app_id} ({app['codeGenType']}, rule {app['codeGenTypeRule']})")
     return app_id
 
 
@@ -113,6 +115,8 @@ async def _stream(client: httpx.AsyncClient, app_id: str, run_id: str, prompt: s
             print(f"runforge: {source.response.text}", file=sys.stderr)
             return 1
         async for sse in source.aiter_sse():
+            if not sse.data:
+                continue  # not an event of ours (e.g. a blank frame from a proxy)
             data = json.loads(sse.data)
             kind = sse.event or "message"
             if kind == "message":
@@ -123,6 +127,8 @@ async def _stream(client: httpx.AsyncClient, app_id: str, run_id: str, prompt: s
                 progress.line(f"  → {data['name']} {data['args'].get('path', '')}".rstrip())
             elif kind == "tool_result":
                 progress.tool_result(data)
+            elif kind in ("template", "build"):
+                progress.line(_describe(kind, data))
             elif kind in TERMINAL:
                 return _finish(progress, kind, data)
     progress.line("the stream ended without a final event")
@@ -131,10 +137,24 @@ async def _stream(client: httpx.AsyncClient, app_id: str, run_id: str, prompt: s
 
 def _finish(progress: Progress, kind: str, data: dict[str, Any]) -> int:
     if kind == "done":
-        progress.line(f"done: {data['steps']} steps, {progress.tool_calls} tool calls, {len(progress.files)} files")
+        files = len(progress.files) + len(data.get("files") or [])
+        progress.line(f"done: {data['steps']} steps, {progress.tool_calls} tool calls, {files} files")
+        if data.get("previewUrl"):
+            progress.line(f"preview: {data['previewUrl']}")
         return 0
     if kind == "interrupted":
         progress.line(f"interrupted ({data['reason']})")
         return EXIT_INTERRUPTED
     progress.line(f"failed: {data['error']['code']}: {data['error']['message']}")
     return 1
+
+
+def _describe(kind: str, data: dict[str, Any]) -> str:
+    if kind == "template":
+        if data.get("name") is None:
+            return "template: none"
+        copied = "copied" if data.get("copied") else "not copied (workspace not empty)"
+        return f"template: {data['name']} ({data['method']} {data['score']:.2f}), {copied}"
+    if data.get("status") == "output":
+        return f"  | {data.get('line', '')}"
+    return f"build: {data.get('step')} {data.get('status')} {data.get('line', '')}".rstrip()

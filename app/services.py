@@ -10,10 +10,12 @@ from pathlib import Path
 
 import anyio
 
-from app.agent.loop import AgentDeps, run_agent
+from app.agent.codegen import CodegenDeps, run_codegen
+from app.checkpoints import Checkpoints
 from app.control.manager import RunManager
 from app.llm.client import LLMClient
 from app.llm.simulator import SimulatorConfig, SimulatorServer
+from app.presets import Catalog, load_catalog
 from app.settings import Settings
 from app.store.db import Database
 from app.store.models import User
@@ -34,6 +36,8 @@ class Services:
     runs: Runs
     manager: RunManager
     llm: LLMClient
+    presets: Catalog
+    checkpoints: Checkpoints
     simulator: SimulatorServer | None
     # Set by sse-starlette when the server is asked to exit (SIGTERM/SIGINT).
     shutdown_signal: anyio.Event
@@ -51,10 +55,22 @@ class Services:
         base_url = simulator.base_url if simulator else str(settings.llm.base_url)
         llm = LLMClient(settings.llm, base_url)
         apps = Apps(db)
-        deps = AgentDeps(llm=llm, load_history=apps.history, max_steps=settings.max_steps)
-        manager = RunManager(runs, functools.partial(run_agent, deps=deps), retain_s=settings.finished_run_ttl_s)
+        presets = await asyncio.to_thread(load_catalog, settings.templates_dir)
+        checkpoints = Checkpoints(settings.checkpoints_dir)
+        deps = CodegenDeps(
+            llm=llm,
+            load_history=apps.history,
+            max_steps=settings.max_steps,
+            presets=presets,
+            checkpoints=checkpoints,
+            build=settings.build,
+            tool_delay_s=settings.tool_delay_s,
+        )
+        manager = RunManager(runs, functools.partial(run_codegen, deps=deps), retain_s=settings.finished_run_ttl_s)
         await asyncio.to_thread(settings.workspaces_dir.mkdir, parents=True, exist_ok=True)
-        return cls(settings, db, Users(db), apps, runs, manager, llm, simulator, anyio.Event(), {})
+        return cls(
+            settings, db, Users(db), apps, runs, manager, llm, presets, checkpoints, simulator, anyio.Event(), {}
+        )
 
     async def stop(self) -> None:
         await self.manager.shutdown(self.settings.shutdown_grace_s)

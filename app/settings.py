@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from app.build import BuildSettings
+
 ENV_PREFIX = "RUNFORGE_"
+# The presets shipped with the repository (app/settings.py -> repo root / templates).
+DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 
 
 class SettingsError(ValueError):
@@ -45,10 +49,21 @@ class Settings:
     # Freeze start-up objects out of the garbage collector. Process-wide: right for a server
     # process, wrong for an app embedded many times in one process (tests turn it off).
     gc_freeze: bool = True
+    # Starter projects a run may copy into an empty workspace (app/presets).
+    templates_dir: Path = DEFAULT_TEMPLATES_DIR
+    # npm install / npm run build after a vue_project run (RUNFORGE_BUILD=0 turns it off).
+    build: BuildSettings = field(default_factory=BuildSettings)
+    # Fault injection: every tool call takes at least this long (tests of stop modes, demos).
+    tool_delay_s: float = 0.0
 
     @property
     def workspaces_dir(self) -> Path:
         return self.data_dir / "workspaces"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """One git repository per app, outside the workspaces the model writes to."""
+        return self.data_dir / "checkpoints"
 
     @property
     def resolved_database_url(self) -> str:
@@ -90,7 +105,23 @@ class Settings:
             max_steps=_int(get("MAX_STEPS"), "MAX_STEPS", defaults.max_steps, minimum=1),
             simulator_pace_ms=_float(get("SIM_PACE_MS"), "SIM_PACE_MS", defaults.simulator_pace_ms),
             max_message_chars=_int(get("MAX_MESSAGE_CHARS"), "MAX_MESSAGE_CHARS", defaults.max_message_chars),
+            templates_dir=Path(get("TEMPLATES_DIR") or defaults.templates_dir),
+            build=_build_settings(get),
+            tool_delay_s=_float(get("TOOL_DELAY_MS"), "TOOL_DELAY_MS", 0.0) / 1000,
         )
+
+
+def _build_settings(get: Callable[[str], str | None]) -> BuildSettings:
+    defaults = BuildSettings()
+    enabled = get("BUILD")
+    if enabled not in (None, "0", "1"):
+        raise SettingsError(f"{ENV_PREFIX}BUILD must be 0 or 1, got {enabled!r}")
+    return BuildSettings(
+        enabled=enabled != "0",
+        npm=get("NPM") or defaults.npm,
+        install_timeout_s=_float(get("INSTALL_TIMEOUT_S"), "INSTALL_TIMEOUT_S", defaults.install_timeout_s),
+        build_timeout_s=_float(get("BUILD_TIMEOUT_S"), "BUILD_TIMEOUT_S", defaults.build_timeout_s),
+    )
 
 
 def _int(raw: str | None, name: str, default: int, minimum: int = 0) -> int:

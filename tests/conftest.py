@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.build import BuildSettings
 from app.control.cancel import StopGate
 from app.settings import LLMSettings, Settings
 from tests.support import ServerThread
@@ -39,6 +40,9 @@ def settings(tmp_path: Path) -> Settings:
         simulator_pace_ms=2.0,
         sse_ping_s=5.0,
         gc_freeze=False,  # process-wide; the test process starts many servers
+        # npm builds are tested where they are the subject (test_build, test_codegen): elsewhere
+        # a vue_project run ends with a `build` event saying "skipped".
+        build=BuildSettings(enabled=False),
     )
 
 
@@ -71,7 +75,8 @@ async def other_client(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]
 
 @pytest.fixture
 async def app_id(client: httpx.AsyncClient) -> str:
-    response = await client.post("/apps", json={"name": "test app"})
+    # vue_project: the type whose runs use the file tools, which most run-control tests exercise.
+    response = await client.post("/apps", json={"name": "test app", "codeGenType": "vue_project"})
     assert response.status_code == 201, response.text
     app_id: str = response.json()["id"]
     return app_id

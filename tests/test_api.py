@@ -97,13 +97,15 @@ async def test_create_get_and_list_apps(client: httpx.AsyncClient, other_client:
     app = created.json()
     assert app["name"] == "Counter"
     assert app["initPrompt"] == "a click counter"
-    assert app["codeGenType"] == "multi_file"  # the default
+    assert app["codeGenType"] == "multi_file"  # no rule fired: the default
+    assert app.pop("codeGenTypeRule") == "default"  # only the create response says why
     assert isinstance(app["id"], str)
     assert app["id"]
 
     html = await client.post("/apps", json={"initPrompt": "  a landing page  ", "codeGenType": "html"})
     assert html.status_code == 201
     assert html.json()["codeGenType"] == "html"
+    assert html.json()["codeGenTypeRule"] == "given"
     assert html.json()["name"] == "a landing page"  # named after the prompt when no name is given
     theirs = await other_client.post("/apps", json={"name": "not yours"})
     assert theirs.status_code == 201
@@ -122,12 +124,12 @@ async def test_messages_and_files_after_a_codegen_run(
 ) -> None:
     assert (await client.get(f"/apps/{app_id}/messages")).json() == []
     assert (await client.get(f"/apps/{app_id}/files")).json() == []
-    seen = await run_to_end(client, gen_url(app_id, "a counter site", runId="r-code"))
+    seen = await run_to_end(client, gen_url(app_id, "a counter site [sim:codegen]", runId="r-code"))
     assert seen[-1].event == "done"
 
     messages = (await client.get(f"/apps/{app_id}/messages")).json()
     assert [(m["role"], m["runId"], m["content"]) for m in messages] == [
-        ("user", "r-code", "a counter site"),
+        ("user", "r-code", "a counter site [sim:codegen]"),
         ("ai", "r-code", text_of(seen)),
     ]
     files = (await client.get(f"/apps/{app_id}/files")).json()
@@ -169,7 +171,7 @@ async def test_delete_app_stops_its_active_run(server: ServerThread, client: htt
         rest = await collect(events)
     assert deleted.status_code == 204
     assert rest[-1].event == "interrupted"
-    assert rest[-1].data == {"reason": "user_stop", "runId": "r-del"}
+    assert rest[-1].data == {"reason": "user_stop", "mode": "immediate", "runId": "r-del"}
     # The upstream request was closed, not left streaming into a deleted app.
     records = await server.sim_records("r-del", lambda rs: bool(rs) and rs[-1].disconnected_at is not None)
     assert records[-1].finished_at is None
@@ -434,7 +436,7 @@ async def test_doubled_slash_means_a_workspace_path(world: World) -> None:
 
 
 async def test_message_at_the_limit_is_accepted(world: World, world_client: httpx.AsyncClient) -> None:
-    app_id = (await world_client.post("/apps", json={"name": "limit"})).json()["id"]
+    app_id = (await world_client.post("/apps", json={"name": "limit", "codeGenType": "vue_project"})).json()["id"]
     limit = world.server.settings.max_message_chars
     message = SHORT + "x" * (limit - len(SHORT))
     seen = await run_to_end(world_client, gen_url(app_id, f"  {message}  "))  # surrounding blanks do not count
@@ -449,8 +451,8 @@ async def test_a_normal_run_completes_after_bad_input(world: World, world_client
         ("GET", f"/apps/{world.app_id}/files/%2e%2e/%2e%2e/etc/passwd", {}),
     ):
         assert 400 <= (await world_client.request(method, path, **kwargs)).status_code < 500
-    app_id = (await world_client.post("/apps", json={"name": "after"})).json()["id"]
-    seen = await run_to_end(world_client, gen_url(app_id, "a counter site"))
+    app_id = (await world_client.post("/apps", json={"name": "after", "codeGenType": "vue_project"})).json()["id"]
+    seen = await run_to_end(world_client, gen_url(app_id, "a counter site [sim:codegen]"))
     assert seen[-1].event == "done"
     assert len((await world_client.get(f"/apps/{app_id}/messages")).json()) == 2
     assert {f["path"] for f in (await world_client.get(f"/apps/{app_id}/files")).json()} == {
@@ -533,10 +535,10 @@ async def test_gen_with_a_request_id_that_is_no_run_id_still_starts(client: http
 async def test_another_user_gets_403_for_everything_and_cancels_nothing(
     server: ServerThread, client: httpx.AsyncClient, other_client: httpx.AsyncClient, app_id: str
 ) -> None:
-    done = await run_to_end(client, gen_url(app_id, "a site", runId="r-done"))
+    done = await run_to_end(client, gen_url(app_id, "a site [sim:codegen]", runId="r-done"))
     assert done[-1].event == "done"
     # The simulator takes its scenario from an app's first message: the long run needs an app of its own.
-    busy_app = (await client.post("/apps", json={"name": "busy"})).json()["id"]
+    busy_app = (await client.post("/apps", json={"name": "busy", "codeGenType": "vue_project"})).json()["id"]
     async with open_stream(client, "GET", gen_url(busy_app, f"essay {FAST}", runId="r-mine")) as (_, events):
         await collect(events, until=is_text)
         requests: list[tuple[str, str, dict[str, Any]]] = []
@@ -574,7 +576,7 @@ async def test_another_user_gets_403_for_everything_and_cancels_nothing(
         assert more[-1].event == "message"
         assert (await client.post("/runs/r-mine/stop")).status_code == 202
         rest = await collect(events)
-    assert rest[-1].data == {"reason": "user_stop", "runId": "r-mine"}
+    assert rest[-1].data == {"reason": "user_stop", "mode": "immediate", "runId": "r-mine"}
     assert (await client.get("/runs/r-done")).json()["status"] == "completed"
     assert len((await client.get(f"/apps/{app_id}/messages")).json()) == 2
     assert {f["path"] for f in (await client.get(f"/apps/{app_id}/files")).json()} == {

@@ -207,14 +207,14 @@ async def test_sigterm_interrupts_running_streams_and_exits(spawn: Spawn, tmp_pa
     data_dir = tmp_path / "data"
     serve = await start_serve(spawn, data_dir)
     async with serve.client() as http:
-        app_id = (await http.post("/apps", json={"name": "term"})).json()["id"]
+        app_id = (await http.post("/apps", json={"name": "term", "codeGenType": "vue_project"})).json()["id"]
         async with open_stream(http, "GET", gen_url(app_id, f"essay {LONG}", runId="r-term")) as (_, events):
-            before = await collect(events, until=lambda e: e.event == "message" and e.seq >= 4)
+            before = await collect(events, until=lambda e: e.event == "message" and e.seq >= 5)
             serve.child.proc.send_signal(signal.SIGTERM)
             after = await collect(events)
-    assert [e.event for e in before] == ["run", "message", "message", "message"]
+    assert [e.event for e in before] == ["run", "template", "message", "message", "message"]
     assert after[-1].event == "interrupted"
-    assert after[-1].data == {"reason": "shutdown", "runId": "r-term"}
+    assert after[-1].data == {"reason": "shutdown", "mode": "immediate", "runId": "r-term"}
     assert {e.event for e in after[:-1]} <= {"message"}
     async with asyncio.timeout(EXIT_TIMEOUT_S):
         returncode = await serve.child.proc.wait()
@@ -232,7 +232,7 @@ async def test_runs_left_by_a_crash_are_failed_on_restart(spawn: Spawn, tmp_path
     data_dir = tmp_path / "data"
     first = await start_serve(spawn, data_dir)
     async with first.client() as http:
-        app_id = (await http.post("/apps", json={"name": "crash"})).json()["id"]
+        app_id = (await http.post("/apps", json={"name": "crash", "codeGenType": "vue_project"})).json()["id"]
         url = gen_url(app_id, f"essay {LONG}", runId="r-crash", onDisconnect="continue")
         async with open_stream(http, "GET", url) as (_, events):
             await collect(events, until=lambda e: e.event == "message")
@@ -268,9 +268,9 @@ async def test_run_command_ctrl_c_stops_the_run(
     server: ServerThread, client: httpx.AsyncClient, token: str, spawn: Spawn, tmp_path: Path
 ) -> None:
     cli = await spawn("run", f"essay {LONG}", "--server", server.url, "--token", token, data_dir=tmp_path / "cli")
-    app_id = (await cli.expect(r"created app (\w+)\n"))[1]
+    app_id = (await cli.expect(r"created app (\w+) "))[1]
     run_id = (await cli.expect(rf"run (\S+) on app {app_id}\n"))[1]
-    await cli.expect(rf"on app {app_id}\n\S+ \S+ \S+ ")  # some text has streamed
+    await cli.expect(rf"on app {app_id}\ntemplate: none\n\S+ \S+ \S+ ")  # some text has streamed
     cli.proc.send_signal(signal.SIGINT)
     assert await cli.finish() == 130, cli.output + cli.stderr()
     assert cli.output.rstrip("\n").endswith("interrupted (user_stop)")
@@ -285,7 +285,9 @@ async def test_run_command_runs_to_completion(
     server: ServerThread, client: httpx.AsyncClient, token: str, spawn: Spawn, tmp_path: Path
 ) -> None:
     prompt = "a counter site [sim:codegen pace=1]"
-    cli = await spawn("run", prompt, "--server", server.url, "--token", token, data_dir=tmp_path / "cli")
+    cli = await spawn(
+        "run", prompt, "--type", "vue_project", "--server", server.url, "--token", token, data_dir=tmp_path / "cli"
+    )
     assert await cli.finish() == 0, cli.output + cli.stderr()
     assert re.search(r"^done: 3 steps, 3 tool calls, 3 files$", cli.output, re.MULTILINE), cli.output
     app_id = re.search(r"created app (\w+)", cli.output)

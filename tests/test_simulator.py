@@ -261,10 +261,15 @@ async def test_directive_wins_over_model_name_and_only_first_user_message_counts
 
     later = [*user("plain"), {"role": "assistant", "content": "ok"}, *user("[sim:long_text]")]
     default = await client.chat.completions.create(model="gpt-whatever", messages=later)
-    assert default.choices[0].finish_reason == "tool_calls"  # codegen, the config default
+    assert default.choices[0].finish_reason == "stop"  # no tools offered: the fenced-blocks page answer
+    assert "```html" in (default.choices[0].message.content or "")
 
-    assert [r.scenario for r in sim.recorder.records(run_id)] == ["long_text", "loop", "codegen"]
-    assert [r.model for r in sim.recorder.records(run_id)] == ["sim-loop", "sim-loop", "gpt-whatever"]
+    with_tools = await client.chat.completions.create(model="gpt-whatever", messages=later, tools=TOOLS)
+    assert with_tools.choices[0].finish_reason == "tool_calls"  # codegen, the config default
+
+    scenarios = [r.scenario for r in sim.recorder.records(run_id)]
+    assert scenarios == ["long_text", "loop", "page", "codegen"]
+    assert [r.model for r in sim.recorder.records(run_id)] == ["sim-loop", "sim-loop", "gpt-whatever", "gpt-whatever"]
 
 
 @pytest.mark.parametrize(

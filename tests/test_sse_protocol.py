@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from tests.support import HANG_TIMEOUT_S, TERMINAL, Event, ServerThread, collect
 
 FAST = "[sim:long_text pace=20 tokens=5000]"
 CORE_FILES = {"index.html", "style.css", "script.js"}
-NAMED_EVENTS = {"run", "tool_call", "tool_result", *TERMINAL}
+NAMED_EVENTS = {"run", "template", "code_block", "build", "tool_call", "tool_result", *TERMINAL}
 # A connection per request. The test server's sockets keep Nagle on, so every response on a reused
 # (keep-alive) connection waits ~40 ms for a delayed ACK; a fresh connection is answered at once.
 FRESH = httpx.Limits(max_keepalive_connections=0)
@@ -44,7 +45,7 @@ def triples(events: list[Event]) -> list[tuple[str, str, dict[str, Any]]]:
 
 async def new_app(client: httpx.AsyncClient) -> str:
     """The simulator takes its scenario from an app's first message, so every scenario gets a new app."""
-    response = await client.post("/apps", json={"name": "sse"})
+    response = await client.post("/apps", json={"name": "sse", "codeGenType": "vue_project"})
     assert response.status_code == 201
     app_id: str = response.json()["id"]
     return app_id
@@ -83,7 +84,7 @@ async def read_frames(client: httpx.AsyncClient, method: str, url: str, **kwargs
 
 
 async def test_wire_format_of_a_codegen_run(server: ServerThread, client: httpx.AsyncClient, app_id: str) -> None:
-    url = gen_url(app_id, "a counter site", runId="r-wire")
+    url = gen_url(app_id, "a counter site [sim:codegen]", runId="r-wire")
     frames = [f for f in await read_frames(client, "GET", url) if "comment" not in f]  # keepalives are comments
 
     # ids are <runId>:<seq>, seq 1, 2, 3, ... with no gap; every frame carries data with the runId.
@@ -104,7 +105,16 @@ async def test_wire_format_of_a_codegen_run(server: ServerThread, client: httpx.
     kinds = [f.get("event", "message") for f in frames]
     assert [k for k in kinds if k in TERMINAL] == ["done"]
     assert kinds[-1] == "done"
-    assert data[-1] == {"finishReason": "stop", "steps": 3, "toolCalls": 3, "runId": "r-wire"}
+    assert data[-1] == {
+        "finishReason": "stop",
+        "steps": 3,
+        "toolCalls": 3,
+        "files": [],  # written by tools, not from the answer's code blocks
+        "previewUrl": None,  # a vue_project previews its build; builds are off in tests
+        "checkpoint": data[-1]["checkpoint"],
+        "runId": "r-wire",
+    }
+    assert re.fullmatch(r"[0-9a-f]{40}", data[-1]["checkpoint"])
 
     # Every tool_call is answered by the tool_result with its callId, right after it.
     calls = [(i, d) for i, (k, d) in enumerate(zip(kinds, data, strict=True)) if k == "tool_call"]
@@ -144,15 +154,19 @@ async def test_post_gen_streams_the_same_protocol(client: httpx.AsyncClient) -> 
         assert all(e.id.startswith(f"{run_id}:") and e.data.pop("runId") == run_id for e in events)
         if events[0].event == "run":
             assert events[0].data.pop("appId") == app_id
+        if events[-1].event == "done":
+            assert events[-1].data.pop("checkpoint")  # a commit of each app's own repository
         return [(e.seq, e.event, e.data) for e in events]
 
     assert shape(by_post, "r-post", post_app) == shape(by_get, "r-get", get_app)
     assert [e.event for e in by_post if not is_text(e)] == [
         "run",
+        "template",
         "tool_call",
         "tool_result",
         "tool_call",
         "tool_result",
+        "build",  # skipped: builds are off in tests (and this project has no package.json)
         "done",
     ]
 
@@ -218,7 +232,8 @@ async def test_keepalive_pings_are_comments(pinging_server: ServerThread) -> Non
     assert pings, frames  # the model was silent for 0.4 s: the stream was kept alive
     assert all(set(f) == {"comment"} for f in pings)  # no id, no event, no data: nothing an EventSource delivers
     events_only = [f for f in frames if "comment" not in f]
-    assert [f["id"] for f in events_only] == [f"r-ping:{n}" for n in range(1, 6)]
+    # run, template, 3 tokens, build (skipped), done
+    assert [f["id"] for f in events_only] == [f"r-ping:{n}" for n in range(1, 8)]
     assert [e.id for e in replayed] == [f["id"] for f in events_only]
 
 
@@ -258,7 +273,11 @@ async def test_a_forgotten_run_replays_only_its_terminal_event(forgetful_client:
         terminal = seen[-1]
         for headers in ({}, {"Last-Event-ID": f"{run_id}:1"}):
             replayed = await run_to_end(client, "GET", f"/runs/{run_id}/events", headers=headers)
-            assert triples(replayed) == [(terminal.id, terminal.event, terminal.data)]
+            # From the database: the terminal event with its core fields (no files/preview/mode).
+            [(replay_id, replay_event, replay_data)] = triples(replayed)
+            assert (replay_id, replay_event) == (terminal.id, terminal.event)
+            assert replay_data.items() <= terminal.data.items()
+            assert set(terminal.data) - set(replay_data) <= {"files", "previewUrl", "checkpoint", "mode"}
         caught_up = await client.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": terminal.id})
         assert caught_up.status_code == 204
         row = (await client.get(f"/runs/{run_id}")).json()
@@ -276,7 +295,10 @@ async def test_a_forgotten_run_replays_only_its_terminal_event(forgetful_client:
 
 
 async def test_run_status_while_running_and_after(client: httpx.AsyncClient, app_id: str) -> None:
-    async with open_stream(client, "GET", gen_url(app_id, "a counter site", runId="r-status")) as (_, events):
+    async with open_stream(client, "GET", gen_url(app_id, "a counter site [sim:codegen]", runId="r-status")) as (
+        _,
+        events,
+    ):
         seen = await collect(events, until=is_text)
         running = (await client.get("/runs/r-status")).json()
         seen += await collect(events)
@@ -344,7 +366,13 @@ async def test_escaping_tool_calls_all_fail_and_touch_nothing_outside(
     assert state(outside) == before
     assert sorted(os.listdir(tmp_path)) == ["data"]
     data_dir = server.settings.data_dir
-    assert {p.name for p in data_dir.iterdir()} <= {"runforge.db", "runforge.db-wal", "runforge.db-shm", "workspaces"}
+    assert {p.name for p in data_dir.iterdir()} <= {
+        "runforge.db",
+        "runforge.db-wal",
+        "runforge.db-shm",
+        "workspaces",
+        "checkpoints",
+    }
     assert [p.name for p in server.settings.workspaces_dir.iterdir()] in ([], [app_id])
     assert not any(server.settings.workspaces_dir.rglob("*.txt"))
     assert (await client.get(f"/apps/{app_id}/files")).json() == []
@@ -367,7 +395,16 @@ async def test_a_looping_model_stops_at_max_steps(short_server: ServerThread, sh
     url = gen_url(await new_app(short_client), "look around [sim:loop]", runId="r-loop")
     seen = await run_to_end(short_client, "GET", url)
     assert seen[-1].event == "done"
-    assert seen[-1].data == {"finishReason": "max_steps", "steps": 3, "toolCalls": 3, "runId": "r-loop"}
+    assert seen[-1].data | {"checkpoint": None} == {
+        "finishReason": "max_steps",
+        "steps": 3,
+        "toolCalls": 3,
+        "files": [],
+        "previewUrl": None,  # a vue_project preview is its build; builds are off here
+        "checkpoint": None,
+        "runId": "r-loop",
+    }
+    assert seen[-1].data["checkpoint"]
     assert len([e for e in seen if e.event == "tool_call"]) == 3
     row = await wait_for_status(short_client, "r-loop", "completed")
     assert (row["finishReason"], row["steps"]) == ("max_steps", 3)
@@ -385,7 +422,15 @@ async def test_list_dir_of_a_fresh_workspace_is_empty_not_an_error(short_client:
 async def test_the_exit_tool_ends_the_run(server: ServerThread, client: httpx.AsyncClient, app_id: str) -> None:
     seen = await run_to_end(client, "GET", gen_url(app_id, "quick page [sim:exit_tool]", runId="r-exit"))
     assert seen[-1].event == "done"
-    assert seen[-1].data == {"finishReason": "exit", "steps": 2, "toolCalls": 2, "runId": "r-exit"}
+    assert seen[-1].data | {"checkpoint": None} == {
+        "finishReason": "exit",
+        "steps": 2,
+        "toolCalls": 2,
+        "files": [],
+        "previewUrl": None,
+        "checkpoint": None,
+        "runId": "r-exit",
+    }
     assert [(e.data["name"], e.data["ok"]) for e in seen if e.event == "tool_result"] == [
         ("write_file", True),
         ("exit", True),

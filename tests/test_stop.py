@@ -27,10 +27,10 @@ async def test_stop_ends_stream_with_interrupted_and_nothing_after(client: httpx
         after = await collect(events)
 
     assert stopped.status_code == 202
-    assert stopped.json() == {"runId": "r-stop", "status": "stopping"}
+    assert stopped.json() == {"runId": "r-stop", "status": "stopping", "mode": "immediate"}
     # Text may still be in flight when the stop lands, but the terminal event ends the stream.
     assert after[-1].event == "interrupted"
-    assert after[-1].data == {"reason": "user_stop", "runId": "r-stop"}
+    assert after[-1].data == {"reason": "user_stop", "mode": "immediate", "runId": "r-stop"}
     assert [e.event for e in after[:-1]] == ["message"] * (len(after) - 1)
     seqs = [e.seq for e in before + after]
     assert seqs == list(range(1, len(seqs) + 1))
@@ -44,7 +44,7 @@ async def test_stop_cancels_at_once_not_at_next_token(
         await server.sim_records("r-now", lambda rs: len(rs) == 1)  # upstream; its next token is 5 s away
         await stop(client, "r-now")
         rest = await collect(events)
-    assert [e.event for e in rest] == ["interrupted"]
+    assert [e.event for e in rest] == ["template", "interrupted"]  # the preset decision precedes the request
     # The upstream saw the disconnect without sending another token.
     records = await server.sim_records("r-now", lambda rs: rs[-1].disconnected_at is not None)
     assert records[-1].chunks_sent == 0
@@ -60,7 +60,7 @@ async def test_upstream_closed_while_waiting_for_first_token(
             # Wait until the request is really upstream before stopping.
             await server.sim_records(run_id, lambda rs: len(rs) == 1)
             assert (await stop(client, run_id)).status_code == 202
-            assert [e.event for e in await collect(events)] == ["interrupted"]
+            assert [e.event for e in await collect(events)] == ["template", "interrupted"]
         records = await server.sim_records(run_id, lambda rs: rs[0].disconnected_at is not None)
         assert records[0].first_chunk_at is None
 
@@ -129,12 +129,12 @@ async def test_failed_run_leaves_no_history(client: httpx.AsyncClient, app_id: s
 
 
 async def test_completed_run_commits_the_turn(client: httpx.AsyncClient, app_id: str) -> None:
-    async with open_stream(client, "GET", gen_url(app_id, "a counter site", runId="r-ok")) as (_, events):
+    async with open_stream(client, "GET", gen_url(app_id, "a counter site [sim:codegen]", runId="r-ok")) as (_, events):
         seen = await collect(events)
     assert seen[-1].event == "done"
     messages = (await client.get(f"/apps/{app_id}/messages")).json()
     assert [(m["role"], m["runId"]) for m in messages] == [("user", "r-ok"), ("ai", "r-ok")]
-    assert messages[0]["content"] == "a counter site"
+    assert messages[0]["content"] == "a counter site [sim:codegen]"
     assert messages[1]["content"] == text_of(seen)
 
 
@@ -218,7 +218,7 @@ async def test_stop_is_idempotent_and_checks_ownership(
     second = await client.post("/runs/r-own/stop")
     assert first.status_code == 202
     assert second.status_code == 200
-    assert second.json() == {"runId": "r-own", "status": "interrupted"}
+    assert second.json() == {"runId": "r-own", "status": "interrupted", "mode": "immediate", "rolledBack": False}
     assert (await client.post("/app/chat/stop", json={"runId": "nope"})).status_code == 404
 
 

@@ -1,11 +1,18 @@
-"""Prompts live as files next to this module, not as literals in code."""
+"""Prompts live as files next to this module, one per generation type, not as literals in code."""
 
 from __future__ import annotations
 
 from functools import cache
 from importlib import resources
 
+# Starts the block that carries a preset's instruction in a run's prompt (the simulator keys on it).
+TEMPLATE_MARKER = "[Runforge template:"
+
+PROMPT_FILES = {"html": "html.md", "multi_file": "multi_file.md", "vue_project": "vue_project.md"}
+
 
 @cache
-def system_prompt() -> str:
-    return resources.files("app.agent").joinpath("prompts/system.md").read_text(encoding="utf-8")
+def system_prompt(code_gen_type: str) -> str:
+    """The system prompt for a generation type (unknown types get the vue_project prompt)."""
+    name = PROMPT_FILES.get(code_gen_type, PROMPT_FILES["vue_project"])
+    return resources.files("app.agent").joinpath(f"prompts/{name}").read_text(encoding="utf-8")

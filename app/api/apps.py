@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from enum import StrEnum
 from typing import Any
 
 import msgspec
@@ -14,23 +13,21 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from app.api.deps import CurrentUser, ServicesDep, owned_app
 from app.api.views import app_view, message_view
+from app.codegen.types import CodeGenType, infer_code_gen_type
 from app.errors import BadRequest, NotFound, PayloadTooLarge
+from app.presets import match_prompt
+from app.services import Services
 from app.workspace.fs import WorkspaceError, read_text, tree
 from app.workspace.paths import PathRefused, resolve_in_workspace
 
 MAX_NAME_CHARS = 200
 
 
-class CodeGenType(StrEnum):
-    HTML = "html"
-    MULTI_FILE = "multi_file"
-    VUE_PROJECT = "vue_project"
-
-
 class CreateApp(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
     initPrompt: str | None = None
-    codeGenType: CodeGenType = CodeGenType.MULTI_FILE
+    # None: chosen from the prompt (see choose_code_gen_type).
+    codeGenType: CodeGenType | None = None
 
 
 class AppsController(Controller):
@@ -45,8 +42,9 @@ class AppsController(Controller):
             raise PayloadTooLarge(
                 f"initPrompt is longer than {services.settings.max_message_chars} characters", code="message_too_large"
             )
-        app = await services.apps.create(user.id, name, data.codeGenType.value, data.initPrompt)
-        return app_view(app)
+        chosen, rule = choose_code_gen_type(services, data.codeGenType, data.initPrompt or name)
+        app = await services.apps.create(user.id, name, chosen, data.initPrompt)
+        return {**app_view(app), "codeGenTypeRule": rule}
 
     @get("/")
     async def list_apps(self, services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
@@ -63,6 +61,7 @@ class AppsController(Controller):
         async def delete_everything() -> None:
             await services.apps.delete(app_id)
             await asyncio.to_thread(shutil.rmtree, services.workspace(app_id), ignore_errors=True)
+            await asyncio.to_thread(services.checkpoints.delete, app_id)
 
         await services.manager.delete_app(app_id, delete_everything)
 
@@ -99,3 +98,18 @@ class AppsController(Controller):
         except (WorkspaceError, OSError):
             raise NotFound(f"no file {relative!r} in app {app_id}", code="file_not_found") from None
         return {"path": relative, "content": content}
+
+
+def choose_code_gen_type(services: Services, given: CodeGenType | None, prompt: str) -> tuple[str, str]:
+    """The app's generation type and the rule that chose it (docs/api.md lists the rules).
+
+    Given explicitly, it is kept. Otherwise a prompt that hits a preset takes the preset's
+    type (so the preset can seed the first run), and else the keyword rules decide.
+    """
+    if given is not None:
+        return given.value, "given"
+    match = match_prompt(prompt, services.presets.presets)
+    if match.preset is not None:
+        return match.preset.code_gen_type, f"template:{match.preset.name}"
+    choice = infer_code_gen_type(prompt)
+    return choice.code_gen_type.value, choice.rule

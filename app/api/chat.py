@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse
 
 from app.api.deps import RUN_ID_PATTERN, CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app
 from app.api.sse import event_stream
-from app.control.cancel import StopReason
+from app.control.cancel import StopMode, StopReason
 from app.control.manager import Multitask, RunRequest
 from app.control.run import CancelOutcome, OnDisconnect
 from app.errors import BadRequest, NotFound, PayloadTooLarge
@@ -31,6 +31,7 @@ class GenRequest(msgspec.Struct):
 
 class StopRequest(msgspec.Struct):
     runId: str
+    mode: StopMode = StopMode.IMMEDIATE
 
 
 class ChatController(Controller):
@@ -59,13 +60,17 @@ class ChatController(Controller):
     async def stop(
         self, data: JSONBody[StopRequest], services: ServicesDep, user: CurrentUser
     ) -> Response[dict[str, Any]]:
-        return await stop_run(services, user, data.runId)
+        return await stop_run(services, user, data.runId, data.mode)
 
     @post("/runs/{run_id:str}/stop", status_code=HTTP_202_ACCEPTED)
     async def stop_by_path(
-        self, run_id: FromPath[str], services: ServicesDep, user: CurrentUser
+        self,
+        run_id: FromPath[str],
+        services: ServicesDep,
+        user: CurrentUser,
+        mode: FromQuery[StopMode] = StopMode.IMMEDIATE,
     ) -> Response[dict[str, Any]]:
-        return await stop_run(services, user, run_id)
+        return await stop_run(services, user, run_id, mode)
 
 
 async def start_run(
@@ -80,7 +85,7 @@ async def start_run(
             code="message_too_large",
         )
     run_id = check_run_id(gen.runId) if gen.runId else _run_id_from(request)
-    await owned_app(services, user, gen.appId)
+    app = await owned_app(services, user, gen.appId)
     run = await services.manager.start(
         RunRequest(
             run_id=run_id,
@@ -88,6 +93,7 @@ async def start_run(
             user_id=user.id,
             message=message,
             workspace=services.workspace(gen.appId),
+            code_gen_type=app.code_gen_type,
             on_disconnect=gen.onDisconnect,
             multitask=gen.multitask,
         )
@@ -101,7 +107,13 @@ def _run_id_from(request: Request[Any, Any, Any]) -> str:
     return request_id if RUN_ID_PATTERN.fullmatch(request_id) else uuid.uuid4().hex
 
 
-async def stop_run(services: Services, user: User, run_id: str) -> Response[dict[str, Any]]:
+async def stop_run(
+    services: Services, user: User, run_id: str, mode: StopMode = StopMode.IMMEDIATE
+) -> Response[dict[str, Any]]:
+    """202 while the stop takes effect; 200 with the final status once there is one.
+
+    A rollback stop answers after the restore, so the client knows its files are back.
+    """
     run = services.manager.get(run_id)
     if run is None:
         row = await services.runs.get(run_id)
@@ -110,8 +122,11 @@ async def stop_run(services: Services, user: User, run_id: str) -> Response[dict
         check_run_owner(row.user_id, user, run_id)
         return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
     check_run_owner(run.user_id, user, run_id)
-    if run.cancel(StopReason.USER_STOP) is CancelOutcome.STOPPING:
-        return Response({"runId": run_id, "status": "stopping"}, status_code=HTTP_202_ACCEPTED)
-    # Stopped already, or completing: the final status follows within milliseconds.
+    outcome = run.cancel(StopReason.USER_STOP, mode)
+    accepted = {"runId": run_id, "status": "stopping", "mode": run.stop_mode.value}
+    if outcome is CancelOutcome.DEFERRED or (outcome is CancelOutcome.STOPPING and mode is not StopMode.ROLLBACK):
+        return Response(accepted, status_code=HTTP_202_ACCEPTED)
+    # Stopped already, completing, or rolling back: the final status follows within milliseconds.
     await run.wait_finished()
-    return Response({"runId": run_id, "status": run.status.value}, status_code=HTTP_200_OK)
+    final = {"runId": run_id, "status": run.status.value, "mode": run.stop_mode.value, "rolledBack": run.rolled_back}
+    return Response(final, status_code=HTTP_200_OK)

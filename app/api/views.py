@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from app.checkpoints import Checkpoint
 from app.control.run import Run as LiveRun
 from app.store.models import App, ChatMessage
 from app.store.models import Run as RunRow
@@ -78,4 +79,15 @@ def row_run_view(row: RunRow) -> dict[str, Any]:
         "usage": row.usage,
         "lastSeq": row.last_seq,
         "live": False,
+    }
+
+
+def checkpoint_view(checkpoint: Checkpoint) -> dict[str, Any]:
+    return {
+        "sha": checkpoint.sha,
+        "runId": checkpoint.run_id,
+        "kind": checkpoint.kind,
+        "createdAt": _iso(checkpoint.created_at),
+        "summary": checkpoint.summary,
+        "files": checkpoint.files,
     }

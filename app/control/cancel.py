@@ -22,6 +22,9 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from enum import StrEnum
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 class StopReason(StrEnum):
@@ -31,6 +34,14 @@ class StopReason(StrEnum):
     CLIENT_DISCONNECT = "client_disconnect"
     SUPERSEDED = "superseded"
     SHUTDOWN = "shutdown"
+
+
+class StopMode(StrEnum):
+    """What a stop does besides ending the run (``POST /app/chat/stop {"mode": ...}``)."""
+
+    IMMEDIATE = "immediate"  # stop now; files written so far stay (not checkpointed)
+    ROLLBACK = "rollback"  # stop now, then restore the workspace to the checkpoint before the run
+    AFTER_STEP = "after_step"  # let the tool call in progress finish, then stop before the next request
 
 
 class RunCancelled(Exception):
@@ -88,3 +99,20 @@ async def cancel_and_drain(task: asyncio.Task[object]) -> None:
     task.cancel()
     # asyncio.wait neither raises the task's exception nor swallows our own cancellation.
     await asyncio.wait({task})
+
+
+async def to_thread_to_the_end(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run fn in a worker thread; if we are cancelled, still wait for the thread to finish.
+
+    A thread cannot be cancelled. Its commit is refused by the stop gate, but "the run has
+    ended" must also mean "nothing of it is still working in the workspace" (a new run, or a
+    delete, may start there next). The wait is the rest of one file operation.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        if not future.cancelled():
+            future.exception()  # mark it retrieved: the run is over, whatever the thread raised
+        raise

@@ -61,15 +61,78 @@ class ToolCallFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateChosen:
+    """The preset matcher's decision for this run, and whether the preset was copied."""
+
+    kind: ClassVar[str] = "template"
+    terminal: ClassVar[bool] = False
+    name: str | None
+    score: float
+    method: str  # exact | fuzzy | keywords | none
+    copied: bool
+
+    def payload(self) -> dict[str, Any]:
+        return {"name": self.name, "score": round(self.score, 3), "method": self.method, "copied": self.copied}
+
+
+@dataclass(frozen=True, slots=True)
+class CodeBlock:
+    """A fenced code block in the streamed answer opened or closed (html / multi_file runs)."""
+
+    kind: ClassVar[str] = "code_block"
+    terminal: ClassVar[bool] = False
+    lang: str
+    file: str | None  # the workspace file the block becomes on completion, if any
+    status: str  # open | closed | unterminated (the answer ended inside it: not written)
+    chars: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        return {"lang": self.lang, "file": self.file, "status": self.status, "chars": self.chars}
+
+
+@dataclass(frozen=True, slots=True)
+class BuildEvent:
+    """Progress of the build that follows a completed vue_project agent."""
+
+    kind: ClassVar[str] = "build"
+    terminal: ClassVar[bool] = False
+    step: str  # install | build
+    status: str  # started | output | skipped | finished | failed
+    line: str = ""
+    exit_code: int | None = None
+    seconds: float | None = None
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"step": self.step, "status": self.status}
+        if self.line:
+            body["line"] = self.line
+        if self.exit_code is not None:
+            body["exitCode"] = self.exit_code
+        if self.seconds is not None:
+            body["seconds"] = round(self.seconds, 3)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     kind: ClassVar[str] = "done"
     terminal: ClassVar[bool] = True
     finish_reason: str
     steps: int
     tool_calls: int
+    files: tuple[str, ...] = ()  # files the completion wrote (html / multi_file)
+    preview_url: str | None = None
+    checkpoint: str | None = None  # the commit of the workspace after this run
 
     def payload(self) -> dict[str, Any]:
-        return {"finishReason": self.finish_reason, "steps": self.steps, "toolCalls": self.tool_calls}
+        return {
+            "finishReason": self.finish_reason,
+            "steps": self.steps,
+            "toolCalls": self.tool_calls,
+            "files": list(self.files),
+            "previewUrl": self.preview_url,
+            "checkpoint": self.checkpoint,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +140,10 @@ class Interrupted:
     kind: ClassVar[str] = "interrupted"
     terminal: ClassVar[bool] = True
     reason: StopReason
+    mode: str = "immediate"
 
     def payload(self) -> dict[str, Any]:
-        return {"reason": self.reason.value}
+        return {"reason": self.reason.value, "mode": self.mode}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +157,18 @@ class Failed:
         return {"error": {"code": self.code, "message": self.message}}
 
 
-RunEvent = RunStarted | TextDelta | ToolCallStarted | ToolCallFinished | Done | Interrupted | Failed
+RunEvent = (
+    RunStarted
+    | TextDelta
+    | ToolCallStarted
+    | ToolCallFinished
+    | TemplateChosen
+    | CodeBlock
+    | BuildEvent
+    | Done
+    | Interrupted
+    | Failed
+)
 
 
 class LoggedEvent(NamedTuple):

@@ -9,11 +9,12 @@ can replay their events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -40,6 +41,7 @@ class RunRequest:
     user_id: str
     message: str
     workspace: Path
+    code_gen_type: str = "vue_project"
     on_disconnect: OnDisconnect = OnDisconnect.CANCEL
     multitask: Multitask = Multitask.INTERRUPT
 
@@ -114,6 +116,19 @@ class RunManager:
                 await run.wait_finished()
             await delete()
 
+    @contextlib.asynccontextmanager
+    async def idle_app(self, app_id: str) -> AsyncIterator[None]:
+        """Hold the app with no run active and none starting (e.g. to revert its workspace).
+
+        Raises Conflict (run_active) when a run is active: changing files under a working
+        agent would mix two histories.
+        """
+        async with self._app_lock(app_id):
+            run = self._active_by_app.get(app_id)
+            if run is not None:
+                raise Conflict(f"app {app_id} has an active run {run.id}; stop it first", code="run_active")
+            yield
+
     async def shutdown(self, grace_s: float) -> None:
         """Interrupt every active run (reason shutdown) and wait for them to record it."""
         self._closing = True
@@ -166,6 +181,7 @@ class RunManager:
             user_id=request.user_id,
             message=request.message,
             workspace=request.workspace,
+            code_gen_type=request.code_gen_type,
             on_disconnect=request.on_disconnect,
         )
         # Findable before the first await: a stop during the insert closes the gate, and

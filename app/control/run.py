@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.control.cancel import RunCancelled, StopGate, StopReason
+from app.control.cancel import RunCancelled, StopGate, StopMode, StopReason
 from app.control.events import (
     Done,
     Failed,
@@ -36,7 +36,7 @@ from app.control.events import (
     TextDelta,
     log_event,
 )
-from app.control.outcomes import Completion, RunFailed
+from app.control.outcomes import Completion, Published, RunFailed
 from app.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class OnDisconnect(StrEnum):
 
 class CancelOutcome(StrEnum):
     STOPPING = "stopping"  # this call stopped the run
+    DEFERRED = "deferred"  # after_step: the run stops once the tool call in progress has finished
     ALREADY_STOPPING = "already_stopping"  # an earlier stop did
     TOO_LATE = "too_late"  # the run is completing or already over
 
@@ -168,6 +169,7 @@ class Run:
         user_id: str,
         message: str,
         workspace: Path,
+        code_gen_type: str = "vue_project",
         on_disconnect: OnDisconnect = OnDisconnect.CANCEL,
     ) -> None:
         self.id = run_id
@@ -175,6 +177,7 @@ class Run:
         self.user_id = user_id
         self.message = message
         self.workspace = workspace
+        self.code_gen_type = code_gen_type
         self.on_disconnect = on_disconnect
         self.status = RunStatus.QUEUED
         self.gate = StopGate()
@@ -189,6 +192,14 @@ class Run:
         self.ended_at: datetime | None = None
         self.finish_reason: str | None = None
         self.error: Failed | None = None
+        self.published: Published | None = None
+        self.stop_mode = StopMode.IMMEDIATE
+        # Set by the agent once it knows the checkpoint the run started from.
+        self.rollback: Callable[[], Awaitable[None]] | None = None
+        self.rolled_back = False
+        # True while a tool call executes: an after_step stop waits for it.
+        self.tool_in_progress = False
+        self._deferred_stop: StopReason | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = False
         self._finished = asyncio.Event()
@@ -231,21 +242,44 @@ class Run:
         self._task = asyncio.create_task(self._drive(job, recorder), name=f"run:{self.id}")
         return self._task
 
-    def cancel(self, reason: StopReason) -> CancelOutcome:
-        """Stop the run now. Synchronous, so nothing of the run can interleave with it."""
+    def cancel(self, reason: StopReason, mode: StopMode = StopMode.IMMEDIATE) -> CancelOutcome:
+        """Stop the run. Synchronous, so nothing of the run can interleave with it.
+
+        ``after_step`` while a tool call executes only marks the stop: the loop honours it as
+        soon as that call has finished (:meth:`honour_deferred_stop`). Every other stop, and
+        ``after_step`` at any other moment, takes effect now.
+        """
         if self.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
             return CancelOutcome.ALREADY_STOPPING if self.gate.closed else CancelOutcome.TOO_LATE
+        if mode is StopMode.AFTER_STEP and self.tool_in_progress:
+            if self._deferred_stop is not None:
+                return CancelOutcome.ALREADY_STOPPING
+            self._deferred_stop = reason
+            self.stop_mode = mode
+            log.info("run stopping after this tool call", extra={"run_id": self.id})
+            return CancelOutcome.DEFERRED
+        return self._stop_now(reason, mode)
+
+    def honour_deferred_stop(self) -> None:
+        """Called by the loop after each tool call: an after_step stop takes effect here."""
+        if self._deferred_stop is not None:
+            self._stop_now(self._deferred_stop, StopMode.AFTER_STEP)
+        self.gate.check()
+
+    def _stop_now(self, reason: StopReason, mode: StopMode) -> CancelOutcome:
         if not self.gate.close(reason):
             return CancelOutcome.ALREADY_STOPPING
+        self.stop_mode = mode
         self.stop_requested_mono = time.monotonic()
         self.stop_requested_at = utcnow()
         self.status = RunStatus.INTERRUPTED
-        self.emit(Interrupted(reason))
+        self.emit(Interrupted(reason, mode.value))
         # A task that has not started yet is not cancelled: its first step sees the closed
         # gate and records the interruption itself (a never-started coroutine runs no code).
-        if self._task is not None and self._started:
+        # Nor is the run's own task when it stops itself (after_step): it raises RunCancelled.
+        if self._task is not None and self._started and self._task is not asyncio.current_task():
             self._task.cancel()
-        log.info("run stopping", extra={"run_id": self.id, "reason": reason.value})
+        log.info("run stopping", extra={"run_id": self.id, "reason": reason.value, "mode": mode.value})
         return CancelOutcome.STOPPING
 
     async def _drive(self, job: Job, recorder: RunRecorder) -> None:
@@ -268,9 +302,9 @@ class Run:
             if not self.gate.closed:
                 raise  # not a stop of ours: _drive still ends the log
             _uncancel()  # our own stop, handled here: the task ends normally
-            await self._record(recorder.record_interrupted)
+            await self._interrupted(recorder)
         except RunCancelled:
-            await self._record(recorder.record_interrupted)
+            await self._interrupted(recorder)
         except RunFailed as exc:
             await self._fail(recorder, exc.code, exc.message)
         except Exception:
@@ -278,13 +312,37 @@ class Run:
             await self._fail(recorder, "internal", "internal error in the run")
         else:
             if self.gate.closed:  # stopped while finishing: a stopped run never saves its turn
-                await self._record(recorder.record_interrupted)
+                await self._interrupted(recorder)
             else:
                 await self._complete(completion, recorder)
 
+    async def _interrupted(self, recorder: RunRecorder) -> None:
+        if self.stop_mode is StopMode.ROLLBACK and self.rollback is not None:
+            # Every side effect of the run has ended (tool threads and builds are awaited
+            # on cancellation), so the restore cannot race a write of this run.
+            try:
+                await self.rollback()
+                self.rolled_back = True
+            except Exception:
+                log.exception("rollback failed", extra={"run_id": self.id})
+        await self._record(recorder.record_interrupted)
+
     async def _complete(self, completion: Completion, recorder: RunRecorder) -> None:
+        # Past this line a stop is too late: the completion's side effects happen together.
         self.status = RunStatus.COMPLETING
         self.finish_reason = completion.finish_reason
+        published = Published()
+        if completion.finalize is not None:
+            try:
+                published = await completion.finalize()
+            except RunFailed as exc:
+                await self._fail(recorder, exc.code, exc.message)
+                return
+            except Exception:
+                log.exception("could not finalize completed run", extra={"run_id": self.id})
+                await self._fail(recorder, "finalize_failed", "the run's results could not be written")
+                return
+        self.published = published
         self.ended_at = utcnow()
         try:
             await recorder.record_completed(self)
@@ -293,7 +351,16 @@ class Run:
             await self._fail(recorder, "persist_failed", "the turn could not be saved")
             return
         self.status = RunStatus.COMPLETED
-        self.emit(Done(completion.finish_reason, self.stats.steps, self.stats.executed))
+        stats = self.stats
+        done = Done(
+            completion.finish_reason,
+            stats.steps,
+            stats.executed,
+            published.files,
+            published.preview_url,
+            published.checkpoint,
+        )
+        self.emit(done)
 
     async def _fail(self, recorder: RunRecorder, code: str, message: str) -> None:
         if self.gate.closed:

@@ -54,15 +54,15 @@ class LLMClient:
         The SDK sends the request; the body is decoded by :func:`iter_chunks` (see
         app/llm/chunks.py for why), reading the SDK stream's own HTTP response.
         """
-        body = _encoder.encode(
-            {
-                "model": self.model,
-                "messages": messages,
-                "tools": tools,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-        )
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if tools:  # some providers refuse an empty tool list
+            request["tools"] = tools
+        body = _encoder.encode(request)
         headers = {RUN_ID_HEADER: run_id, "Content-Type": "application/json"}
         try:
             # The SDK's post() with a pre-encoded body: same auth, retries and status errors as

@@ -38,6 +38,8 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
+from app.agent.prompts import TEMPLATE_MARKER
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -75,6 +77,8 @@ class RequestRecord:
     started_at: float
     tool_results_seen: int
     tool_names_offered: list[str]
+    # The prompt as the model got it (cut to 20,000 chars), for tests of what a run sends.
+    last_user_message: str = ""
     first_chunk_at: float | None = None
     chunks_sent: int = 0  # SSE events when streaming, response bodies otherwise
     disconnected_at: float | None = None
@@ -209,6 +213,8 @@ class Params:
 class Turn:
     step: int  # completed tool-call rounds so far in this conversation
     params: Params
+    # From the system prompt's "Output format: ..." line: html | multi_file | vue_project | "".
+    output_format: str = ""
 
 
 @dataclass(frozen=True)
@@ -337,6 +343,90 @@ def _codegen(turn: Turn) -> Reply:
     )
 
 
+def _inline_page() -> str:
+    """The counter page as one self-contained HTML file (style and script inlined)."""
+    page = _INDEX_HTML.replace('  <link rel="stylesheet" href="style.css">\n', f"  <style>\n{_STYLE_CSS}  </style>\n")
+    return page.replace('  <script src="script.js"></script>\n', f"  <script>\n{_SCRIPT_JS}  </script>\n")
+
+
+def _page(turn: Turn) -> Reply:
+    """An html / multi_file answer: the files as fenced blocks, no tools."""
+    intro = "Here is a small click-counter site."
+    outro = "Open index.html to try it: the buttons increment and reset the counter."
+    if turn.output_format == "html":
+        return Reply(f"{intro} Everything is in one file.\n\n```html\n{_inline_page()}```\n\n{outro}\n")
+    blocks = f"```html\n{_INDEX_HTML}```\n\n```css\n{_STYLE_CSS}```\n\n```js\n{_SCRIPT_JS}```"
+    return Reply(f"{intro} The page, its stylesheet and its script:\n\n{blocks}\n\n{outro}\n")
+
+
+def _template_edit(turn: Turn) -> Reply:
+    """A run seeded from a preset: look around first, change nothing risky, then exit."""
+    if turn.step == 0:
+        return Reply("The workspace holds a preset project; let me look at it first.", (_list("."),))
+    if turn.step == 1:
+        return Reply("Reading the project manifest.", (ToolCall("read_file", json.dumps({"path": "package.json"})),))
+    if turn.step == 2:
+        return Reply("The preset already matches the request, so I keep it as it is.", (ToolCall("exit", "{}"),))
+    return Reply("The project is ready.")
+
+
+def _vue_app(turn: Turn) -> Reply:
+    """A minimal Vite + Vue 3 project written from scratch through the file tools."""
+    if turn.step == 0:
+        calls = tuple(_write(path, _VUE_FILES[path]) for path in ("package.json", "vite.config.js", "index.html"))
+        return Reply("I'll scaffold a small Vite + Vue 3 project: the manifest and entry page first.", calls)
+    if turn.step == 1:
+        calls = tuple(_write(path, _VUE_FILES[path]) for path in ("src/main.js", "src/App.vue"))
+        return Reply("Now the Vue entry point and the counter component.", calls)
+    if turn.step == 2:
+        return Reply("", (ToolCall("exit", "{}"),))
+    return Reply("The Vue project is ready.")
+
+
+def _list(path: str) -> ToolCall:
+    return ToolCall("list_dir", json.dumps({"path": path}))
+
+
+_VUE_FILES: Mapping[str, str] = MappingProxyType(
+    {
+        "package.json": json.dumps(
+            {
+                "name": "runforge-counter",
+                "private": True,
+                "version": "0.0.0",
+                "type": "module",
+                "scripts": {"dev": "vite", "build": "vite build", "preview": "vite preview"},
+                "dependencies": {"vue": "^3.5.45"},
+                "devDependencies": {"@vitejs/plugin-vue": "^6.0.11", "vite": "^8.3.8"},
+            },
+            indent=2,
+        )
+        + "\n",
+        "vite.config.js": (
+            "import { defineConfig } from 'vite'\nimport vue from '@vitejs/plugin-vue'\n\n"
+            "// Relative asset URLs: the site is served under /apps/<id>/preview/.\n"
+            "export default defineConfig({ base: './', plugins: [vue()] })\n"
+        ),
+        "index.html": (
+            '<!doctype html>\n<html lang="en">\n<head>\n  <meta charset="utf-8">\n'
+            '  <meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            "  <title>Click Counter</title>\n</head>\n<body>\n"
+            '  <div id="app"></div>\n  <script type="module" src="/src/main.js"></script>\n</body>\n</html>\n'
+        ),
+        "src/main.js": "import { createApp } from 'vue'\nimport App from './App.vue'\n\ncreateApp(App).mount('#app')\n",
+        "src/App.vue": (
+            "<script setup>\nimport { ref } from 'vue'\n\nconst count = ref(0)\n</script>\n\n"
+            '<template>\n  <main class="card">\n    <h1>Click Counter</h1>\n'
+            '    <p class="count">Clicks: {{ count }}</p>\n'
+            '    <button type="button" @click="count++">Click me</button>\n'
+            '    <button type="button" @click="count = 0">Reset</button>\n'
+            "  </main>\n</template>\n\n<style>\n.card { font-family: system-ui, sans-serif; text-align: center; }\n"
+            ".count { font-size: 1.5rem; }\n</style>\n"
+        ),
+    }
+)
+
+
 def _long_text(turn: Turn) -> Reply:
     return Reply(_prose(turn.params.tokens or 2000))
 
@@ -431,6 +521,9 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
             Scenario("escape", _escape),
             Scenario("loop", _loop),
             Scenario("exit_tool", _exit_tool),
+            Scenario("page", _page),
+            Scenario("template_edit", _template_edit),
+            Scenario("vue_app", _vue_app),
         )
     }
 )
@@ -508,14 +601,33 @@ def _message_text(message: Mapping[str, Any]) -> str:
 
 
 def resolve_scenario(request: ChatRequest, config: SimulatorConfig) -> tuple[Scenario, Params]:
-    """Directive in the first user message, else ``sim-NAME`` model, else the default."""
+    """Directive in the first user message, else ``sim-NAME`` model, else what Runforge's
+    prompts ask for: ``page`` when no tools are offered (html / multi_file answers),
+    ``template_edit`` when the last user message carries a preset's instruction, ``vue_app``
+    for a vue_project system prompt; else the configured default."""
     first_user = next((m for m in request.messages if m.get("role") == "user"), None)
     match = _DIRECTIVE.search(_message_text(first_user)) if first_user else None
     if match:
         return _scenario(match["name"]), _parse_params(match["args"])
     if request.model.startswith("sim-"):
         return _scenario(request.model.removeprefix("sim-")), Params()
+    if not request.tool_names:
+        return _scenario("page"), Params()
+    if TEMPLATE_MARKER in _last_user_text(request.messages):
+        return _scenario("template_edit"), Params()
+    if output_format(request.messages) == "vue_project":
+        return _scenario("vue_app"), Params()
     return _scenario(config.default_scenario), Params()
+
+
+_OUTPUT_FORMAT = re.compile(r"^Output format: (\w+)", re.MULTILINE)
+
+
+def output_format(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The "Output format: X" line of the system prompt, if any."""
+    system = next((m for m in messages if m.get("role") == "system"), None)
+    found = _OUTPUT_FORMAT.search(_message_text(system)) if system else None
+    return found.group(1) if found else ""
 
 
 def _scenario(name: str) -> Scenario:
@@ -776,7 +888,7 @@ class SimulatorApp:
         request = parse_chat_request(body, headers, self.config.model)
         scenario, params = resolve_scenario(request, self.config)
         step = conversation_step(request.messages)
-        reply = scenario.reply(Turn(step, params))
+        reply = scenario.reply(Turn(step, params, output_format(request.messages)))
         pace_ms = _first_set(params.pace_ms, scenario.default_pace_ms, self.config.pace_ms)
         envelope = _Envelope(id=f"chatcmpl-sim-{time.monotonic_ns():x}", model=request.model)
         return _Job(request, scenario.name, reply, step, pace_ms / 1000, envelope)
@@ -792,7 +904,13 @@ class SimulatorApp:
             started_at=started_at,
             tool_results_seen=tool_results,
             tool_names_offered=job.request.tool_names,
+            last_user_message=_last_user_text(job.request.messages)[:20_000],
         )
+
+
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    return _message_text(last_user) if last_user else ""
 
 
 def _first_set(*values: float | None) -> float:

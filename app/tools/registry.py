@@ -7,13 +7,12 @@ Bad input from the model (unknown tool, broken JSON, a refused path, a missing f
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from app.control.cancel import StopGate
+from app.control.cancel import StopGate, to_thread_to_the_end
 from app.tools.specs import TOOLS_BY_NAME, ArgumentError, parse_arguments
 from app.workspace import fs
 from app.workspace.paths import WorkspaceError, relative_display, resolve_in_workspace, show_path
@@ -132,25 +131,8 @@ async def execute_tool(name: str, raw_arguments: str, workspace: Path, gate: Sto
         return ToolResult(True, "ok: finishing the run", "done", is_exit=True)
     try:
         # Worker thread: file I/O must not block the event loop. RunCancelled is not caught here.
-        return await _in_thread_to_the_end(_HANDLERS[name], args, workspace, gate)
+        return await to_thread_to_the_end(_HANDLERS[name], args, workspace, gate)
     except WorkspaceError as exc:
         return _failure(str(exc))
     except OSError as exc:
         return _failure(_os_error_message(name, args, exc))
-
-
-async def _in_thread_to_the_end(fn: Callable[..., _T], *args: Any) -> _T:
-    """Run fn in a worker thread; if we are cancelled, still wait for the thread to finish.
-
-    A thread cannot be cancelled. Its commit is refused by the stop gate, but "the run has
-    ended" must also mean "nothing of it is still working in the workspace" (a new run, or a
-    delete, may start there next). The wait is the rest of one file operation.
-    """
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait({future})
-        if not future.cancelled():
-            future.exception()  # mark it retrieved: the run is over, whatever the thread raised
-        raise

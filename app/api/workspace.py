@@ -1,0 +1,102 @@
+"""What an app's workspace gives back: the live preview, a zip download, checkpoints and revert."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.params import FromPath, JSONBody
+from litestar.response import Redirect
+from litestar.status_codes import HTTP_200_OK
+
+from app.api.deps import CurrentUser, ServicesDep, check_run_id, owned_app
+from app.api.views import checkpoint_view
+from app.checkpoints import CheckpointError
+from app.codegen.types import CodeGenType
+from app.errors import BadRequest, NotFound, PayloadTooLarge
+from app.services import Services
+from app.store.models import App
+from app.workspace.publish import NotServable, PathRefused, build_archive, read_preview_file
+
+# Preview responses carry generated code: never cached (it changes with every run), never sniffed.
+PREVIEW_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class RevertRequest(msgspec.Struct, forbid_unknown_fields=True):
+    runId: str
+
+
+class WorkspaceController(Controller):
+    path = "/apps"
+
+    @get("/{app_id:str}/preview", include_in_schema=False)
+    async def preview_root(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> Redirect:
+        await owned_app(services, user, app_id)
+        return Redirect(f"/apps/{app_id}/preview/")
+
+    @get("/{app_id:str}/preview/{path:path}")
+    async def preview(
+        self, app_id: FromPath[str], path: FromPath[str], services: ServicesDep, user: CurrentUser
+    ) -> Response[bytes] | Redirect:
+        app = await owned_app(services, user, app_id)
+        relative = path.removeprefix("/")  # Litestar keeps the leading slash of a path param
+        try:
+            found = await asyncio.to_thread(read_preview_file, _preview_root(services, app), relative)
+        except PathRefused as exc:
+            raise BadRequest(str(exc), code="invalid_path") from None
+        except (NotServable, OSError):
+            raise NotFound(f"nothing to preview at {relative or '/'!r}", code="preview_not_found") from None
+        if found.redirect_to_dir:
+            return Redirect(f"/apps/{app_id}/preview/{relative}/")
+        return Response(found.content, media_type=found.media_type, headers=PREVIEW_HEADERS)
+
+    @get("/{app_id:str}/download")
+    async def download(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> Response[bytes]:
+        await owned_app(services, user, app_id)
+        try:
+            archive = await asyncio.to_thread(build_archive, services.workspace(app_id))
+        except NotServable as exc:
+            raise PayloadTooLarge(str(exc), code="workspace_too_large") from None
+        headers = {"Content-Disposition": f'attachment; filename="app-{app_id}.zip"', "Cache-Control": "no-store"}
+        return Response(archive, media_type="application/zip", headers=headers)
+
+    @get("/{app_id:str}/checkpoints")
+    async def checkpoints(
+        self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser
+    ) -> list[dict[str, Any]]:
+        await owned_app(services, user, app_id)
+        found = await asyncio.to_thread(services.checkpoints.list, app_id)
+        return [checkpoint_view(c) for c in found]
+
+    @post("/{app_id:str}/revert", status_code=HTTP_200_OK)
+    async def revert(
+        self, app_id: FromPath[str], data: JSONBody[RevertRequest], services: ServicesDep, user: CurrentUser
+    ) -> dict[str, Any]:
+        await owned_app(services, user, app_id)
+        return await revert_to_run(services, app_id, check_run_id(data.runId))
+
+
+async def revert_to_run(services: Services, app_id: str, run_id: str) -> dict[str, Any]:
+    """Restore the workspace as it was after ``run_id``, as a new checkpoint (so undoable)."""
+    checkpoints = services.checkpoints
+    async with services.manager.idle_app(app_id):
+        if await asyncio.to_thread(checkpoints.find_run, app_id, run_id) is None:
+            raise NotFound(f"run {run_id!r} has no checkpoint in app {app_id}", code="checkpoint_not_found")
+        try:
+            created = await asyncio.to_thread(checkpoints.revert_to_run, app_id, services.workspace(app_id), run_id)
+        except CheckpointError as exc:
+            raise NotFound(str(exc), code="checkpoint_not_found") from None
+    return checkpoint_view(created)
+
+
+def _preview_root(services: Services, app: App) -> Path:
+    workspace = services.workspace(app.id)
+    return workspace / "dist" if app.code_gen_type == CodeGenType.VUE_PROJECT else workspace
