@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_200_OK
@@ -18,7 +18,7 @@ from app.checkpoints import CheckpointError
 from app.codegen.types import CodeGenType
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.services import Services
-from app.store.models import App
+from app.store.models import App, User
 from app.workspace.publish import NotServable, PathRefused, build_archive, read_preview_file
 
 # Preview responses carry generated code: never cached (it changes with every run), never sniffed.
@@ -38,25 +38,29 @@ class WorkspaceController(Controller):
     path = "/apps"
 
     @get("/{app_id:str}/preview", include_in_schema=False)
-    async def preview_root(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> Redirect:
+    async def preview_root(
+        self, request: Request[Any, Any, Any], app_id: FromPath[str], services: ServicesDep, user: CurrentUser
+    ) -> Response[bytes] | Redirect:
+        # Litestar routes ".../preview/" here too (it strips a trailing slash before routing):
+        # that is the site's index, and redirecting it to itself would loop.
+        if _has_trailing_slash(request):
+            return await _serve_preview(services, user, app_id, "")
         await owned_app(services, user, app_id)
         return Redirect(f"/apps/{app_id}/preview/")
 
     @get("/{app_id:str}/preview/{path:path}")
     async def preview(
-        self, app_id: FromPath[str], path: FromPath[str], services: ServicesDep, user: CurrentUser
+        self,
+        request: Request[Any, Any, Any],
+        app_id: FromPath[str],
+        path: FromPath[str],
+        services: ServicesDep,
+        user: CurrentUser,
     ) -> Response[bytes] | Redirect:
-        app = await owned_app(services, user, app_id)
         relative = path.removeprefix("/")  # Litestar keeps the leading slash of a path param
-        try:
-            found = await asyncio.to_thread(read_preview_file, _preview_root(services, app), relative)
-        except PathRefused as exc:
-            raise BadRequest(str(exc), code="invalid_path") from None
-        except (NotServable, OSError):
-            raise NotFound(f"nothing to preview at {relative or '/'!r}", code="preview_not_found") from None
-        if found.redirect_to_dir:
-            return Redirect(f"/apps/{app_id}/preview/{relative}/")
-        return Response(found.content, media_type=found.media_type, headers=PREVIEW_HEADERS)
+        if relative and _has_trailing_slash(request):
+            relative += "/"  # stripped by Litestar: "dir/" means the directory's index.html
+        return await _serve_preview(services, user, app_id, relative)
 
     @get("/{app_id:str}/download")
     async def download(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> Response[bytes]:
@@ -100,3 +104,24 @@ async def revert_to_run(services: Services, app_id: str, run_id: str) -> dict[st
 def _preview_root(services: Services, app: App) -> Path:
     workspace = services.workspace(app.id)
     return workspace / "dist" if app.code_gen_type == CodeGenType.VUE_PROJECT else workspace
+
+
+async def _serve_preview(services: Services, user: User, app_id: str, relative: str) -> Response[bytes] | Redirect:
+    app = await owned_app(services, user, app_id)
+    try:
+        found = await asyncio.to_thread(read_preview_file, _preview_root(services, app), relative)
+    except PathRefused as exc:
+        raise BadRequest(str(exc), code="invalid_path") from None
+    except (NotServable, OSError):
+        raise NotFound(f"nothing to preview at {relative or '/'!r}", code="preview_not_found") from None
+    if found.redirect_to_dir:
+        return Redirect(f"/apps/{app_id}/preview/{relative}/")
+    # A Content-Type header: from media_type alone, Litestar appends a second "; charset=utf-8".
+    headers = {**PREVIEW_HEADERS, "Content-Type": found.media_type}
+    return Response(found.content, media_type=found.media_type, headers=headers)
+
+
+def _has_trailing_slash(request: Request[Any, Any, Any]) -> bool:
+    """Whether the path as sent ended with "/" (Litestar strips it from the routed path)."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode("latin-1")
+    return raw.endswith(b"/")

@@ -75,6 +75,10 @@ def read_preview_file(root: Path, relative: str) -> PreviewFile:
     """
     if any(part.startswith(".") for part in relative.split("/") if part):
         raise NotServable("hidden files are not served")
+    if root.is_symlink():
+        # resolve_in_workspace confines to the root's *real* path: a root that is itself a link
+        # (a planted ``dist -> /``) would make anywhere it points the served tree.
+        raise NotServable("the preview root is a symlink")
     wants_dir = relative == "" or relative.endswith("/")
     target = resolve_in_workspace(root, relative.rstrip("/") or ".")
     if target.is_dir():
