@@ -50,6 +50,9 @@ _ARG_FRAGMENT_CHARS = 12  # a tool-argument "token": a few characters, like a re
 _BATCH_BYTES = 64 * 1024  # unpaced streams are written in batches; one send per chunk is slow
 _STARTUP_TIMEOUT_S = 10.0
 _JOIN_TIMEOUT_S = 5.0
+# A run's prompt is the user's message plus a preset's instruction and the app's current files
+# (up to 100,000 chars each): cutting it at the message limit would hide what a test checks.
+_RECORDED_PROMPT_CHARS = 400_000
 
 
 # --------------------------------------------------------------------------- configuration
@@ -77,7 +80,7 @@ class RequestRecord:
     started_at: float
     tool_results_seen: int
     tool_names_offered: list[str]
-    # The prompt as the model got it (cut to 20,000 chars), for tests of what a run sends.
+    # The prompt as the model got it (cut to _RECORDED_PROMPT_CHARS), for tests of what a run sends.
     last_user_message: str = ""
     first_chunk_at: float | None = None
     chunks_sent: int = 0  # SSE events when streaming, response bodies otherwise
@@ -904,7 +907,7 @@ class SimulatorApp:
             started_at=started_at,
             tool_results_seen=tool_results,
             tool_names_offered=job.request.tool_names,
-            last_user_message=_last_user_text(job.request.messages)[:20_000],
+            last_user_message=_last_user_text(job.request.messages)[:_RECORDED_PROMPT_CHARS],
         )
 
 
