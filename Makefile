@@ -30,6 +30,7 @@ test: lint
 
 bench: $(VENV)/.run-deps
 	$(BIN)/python bench/stop_latency.py
+	$(BIN)/python bench/codegen.py
 
 clean:
 	rm -rf $(VENV) runs/runforge.db* runs/workspaces
