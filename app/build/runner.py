@@ -257,11 +257,15 @@ def _write_stamp(workspace: Path, digest: str, gate: StopGate) -> None:
 
 async def _build(workspace: Path, settings: BuildSettings, emit: Emit, gate: StopGate) -> Path:
     """Run ``npm run build`` into a fresh temp dir and return it; the live dist/ is not touched."""
-    out_dir = await to_thread_to_the_end(_make_build_dir, workspace, gate)
+    # Named before it is made: a stop that lands while the thread makes it (the mkdir commits,
+    # then the cancellation arrives) must still find it to remove.
+    out_dir = workspace / f"{BUILD_DIR_PREFIX}{secrets.token_hex(8)}"
     # Absolute, so it lands here even when the vite config sets another root.
-    argv = (settings.npm, "run", "build", "--", "--outDir", str(out_dir), "--emptyOutDir")
+    # Relative to the workspace (npm's cwd): npm echoes the command, and output must not show host paths.
+    argv = (settings.npm, "run", "build", "--", "--outDir", out_dir.name, "--emptyOutDir")
     command = _Command("build", "npm run build", argv, settings.build_timeout_s)
     try:
+        await to_thread_to_the_end(_make_build_dir, out_dir, gate)
         outcome = await _run_step(command, workspace, settings, emit, gate)
         await _check_site(out_dir, outcome, emit)
     except BaseException:
@@ -272,11 +276,9 @@ async def _build(workspace: Path, settings: BuildSettings, emit: Emit, gate: Sto
     return out_dir
 
 
-def _make_build_dir(workspace: Path, gate: StopGate) -> Path:
-    out_dir = workspace / f"{BUILD_DIR_PREFIX}{secrets.token_hex(8)}"
+def _make_build_dir(out_dir: Path, gate: StopGate) -> None:
     with gate.commit():
         out_dir.mkdir()
-    return out_dir
 
 
 async def _check_site(out_dir: Path, outcome: _Outcome, emit: Emit) -> None:

@@ -256,6 +256,7 @@ class Run:
                 return CancelOutcome.ALREADY_STOPPING
             self._deferred_stop = reason
             self.stop_mode = mode
+            self._note_stop_requested()
             log.info("run stopping after this tool call", extra={"run_id": self.id})
             return CancelOutcome.DEFERRED
         return self._stop_now(reason, mode)
@@ -270,8 +271,7 @@ class Run:
         if not self.gate.close(reason):
             return CancelOutcome.ALREADY_STOPPING
         self.stop_mode = mode
-        self.stop_requested_mono = time.monotonic()
-        self.stop_requested_at = utcnow()
+        self._note_stop_requested()
         self.status = RunStatus.INTERRUPTED
         self.emit(Interrupted(reason, mode.value))
         # A task that has not started yet is not cancelled: its first step sees the closed
@@ -281,6 +281,12 @@ class Run:
             self._task.cancel()
         log.info("run stopping", extra={"run_id": self.id, "reason": reason.value, "mode": mode.value})
         return CancelOutcome.STOPPING
+
+    def _note_stop_requested(self) -> None:
+        # The first request counts: a deferred after_step stop was asked for before it took effect.
+        if self.stop_requested_at is None:
+            self.stop_requested_mono = time.monotonic()
+            self.stop_requested_at = utcnow()
 
     async def _drive(self, job: Job, recorder: RunRecorder) -> None:
         self._started = True
