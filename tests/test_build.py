@@ -502,3 +502,20 @@ def test_discard_build_removes_only_temp_dirs(tmp_path: Path) -> None:
     (tmp_path / "src.js").write_text("keep")
     discard_build(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist", "src.js"]
+
+
+async def test_build_scripts_get_no_server_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripts the model wrote run with what npm needs, not the server's environment."""
+    monkeypatch.setenv("RUNFORGE_LLM_API_KEY", "sk-secret-upstream-key")
+    monkeypatch.setenv("RUNFORGE_DATABASE_URL", "postgresql://user:pw@db/runforge")
+    probe = (
+        "console.log('runforge keys=' + Object.keys(process.env).filter(k => k.startsWith('RUNFORGE')).join(','));\n"
+        "console.log('has PATH=' + Boolean(process.env.PATH));\n"
+    )
+    leak_js = GOOD_BUILD.replace("console.log(", probe + "console.log(", 1)
+    workspace = make_project(tmp_path, leak_js)
+    _, recorder = await build(workspace)
+    lines = recorder.lines()
+    assert "runforge keys=" in lines  # none
+    assert "has PATH=true" in lines  # npm and node still find what they need
+    assert not any("sk-secret-upstream-key" in line for line in lines)

@@ -11,7 +11,8 @@ import pytest
 
 from app.control.cancel import RunCancelled, StopGate, StopReason
 from app.tools import MAX_ARGUMENT_CHARS, TOOL_SPECS, ToolResult, execute_tool
-from app.workspace.fs import MAX_DIR_ENTRIES, MAX_WRITE_BYTES
+from app.workspace import fs
+from app.workspace.fs import MAX_DIR_ENTRIES, MAX_WRITE_BYTES, WorkspaceError
 from tests.workspace_kit import HOSTILE, ClosingGate, make_workspace
 
 PATH_TOOLS = ["list_dir", "read_file", "write_file", "modify_file", "delete_file"]
@@ -294,3 +295,24 @@ async def test_os_error_does_not_leak_host_paths(tmp_path: Path, gate: StopGate)
         assert str(tmp_path) not in result.output
         assert str(tmp_path) not in result.summary
     assert (ws / "loop").is_symlink()
+
+
+MANAGED = ["dist/index.html", "node_modules/vue/index.js", ".git/config", "DIST/x.js", ".runforge-build-1/index.html"]
+
+
+@pytest.mark.parametrize("path", MANAGED)
+def test_tools_never_write_or_delete_what_runforge_manages(tmp_path: Path, path: str) -> None:
+    """Build output and dependencies are Runforge's: a page written into dist/ would be served
+    as the build and outlive a rollback (checkpoints never hold these paths)."""
+    gate = StopGate()
+    with pytest.raises(WorkspaceError, match="managed by Runforge"):
+        fs.write_text_atomic(tmp_path, path, "<h1>not from a build</h1>", gate)
+    target = tmp_path / path
+    target.parent.mkdir(parents=True)
+    target.write_text("built")
+    with pytest.raises(WorkspaceError, match="managed by Runforge"):
+        fs.delete_file(tmp_path, path, gate)
+    with pytest.raises(WorkspaceError, match="managed by Runforge"):
+        fs.modify_text_atomic(tmp_path, path, "built", "changed", gate)
+    assert target.read_text() == "built"
+    assert fs.read_text(tmp_path, path) == "built"  # reading stays allowed

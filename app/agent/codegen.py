@@ -77,8 +77,9 @@ async def _checkpoint_before(run: Run, checkpoints: Checkpoints) -> None:
         return
 
     async def rollback() -> None:
-        await asyncio.to_thread(checkpoints.restore, run.app_id, run.workspace, base)
-        await asyncio.to_thread(discard_build, run.workspace)
+        # To the end even if cancelled again: a new run may only start once the restore is over.
+        await to_thread_to_the_end(checkpoints.restore, run.app_id, run.workspace, base)
+        await to_thread_to_the_end(discard_build, run.workspace)
 
     run.rollback = rollback
 

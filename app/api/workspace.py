@@ -16,6 +16,7 @@ from app.api.deps import CurrentUser, ServicesDep, check_run_id, owned_app
 from app.api.views import checkpoint_view
 from app.checkpoints import CheckpointError
 from app.codegen.types import CodeGenType
+from app.control.cancel import to_thread_to_the_end
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.services import Services
 from app.store.models import App, User
@@ -95,7 +96,8 @@ async def revert_to_run(services: Services, app_id: str, run_id: str) -> dict[st
         if await asyncio.to_thread(checkpoints.find_run, app_id, run_id) is None:
             raise NotFound(f"run {run_id!r} has no checkpoint in app {app_id}", code="checkpoint_not_found")
         try:
-            created = await asyncio.to_thread(checkpoints.revert_to_run, app_id, services.workspace(app_id), run_id)
+            workspace = services.workspace(app_id)
+            created = await to_thread_to_the_end(checkpoints.revert_to_run, app_id, workspace, run_id)
         except CheckpointError as exc:
             raise NotFound(str(exc), code="checkpoint_not_found") from None
     return checkpoint_view(created)

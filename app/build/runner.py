@@ -345,7 +345,7 @@ async def _spawn(argv: tuple[str, ...], workspace: Path, output: _Output) -> asy
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=workspace,
-            env={**os.environ, **_CHILD_ENV},
+            env=_child_env(),
             start_new_session=True,
         )
     )
@@ -523,3 +523,17 @@ def _remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
     else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# What npm and node need from the server's environment; nothing else (API keys, database URLs)
+# reaches scripts the model wrote.
+_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "SHELL", "NODE_EXTRA_CA_CERTS")
+
+
+def _child_env() -> dict[str, str]:
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if key in _INHERITED_ENV or key.lower().startswith("npm_config_")
+    }
+    return {**inherited, **_CHILD_ENV}

@@ -346,6 +346,7 @@ class Run:
                 return
             except Exception:
                 log.exception("could not finalize completed run", extra={"run_id": self.id})
+                await self._undo_partial_finalize()
                 await self._fail(recorder, "finalize_failed", "the run's results could not be written")
                 return
         self.published = published
@@ -368,11 +369,21 @@ class Run:
         )
         self.emit(done)
 
+    async def _undo_partial_finalize(self) -> None:
+        """A failed run must not leave half of its results: back to the run's starting point."""
+        if self.rollback is None:
+            return
+        try:
+            await self.rollback()
+        except Exception:
+            log.exception("could not undo a partial finalize", extra={"run_id": self.id})
+
     async def _fail(self, recorder: RunRecorder, code: str, message: str) -> None:
         if self.gate.closed:
             # An error while a stop unwinds (e.g. closing the upstream) does not turn the
-            # interrupted run, whose stream already said `interrupted`, into a failed one.
-            await self._record(recorder.record_interrupted)
+            # interrupted run, whose stream already said `interrupted`, into a failed one
+            # (and a rollback stop still rolls back).
+            await self._interrupted(recorder)
             return
         self.status = RunStatus.FAILED
         self.error = Failed(code, message)

@@ -72,6 +72,10 @@ CORE_FILES = frozenset(
 )
 # Case-folded too: on a case-insensitive filesystem "Package.json" is the same file.
 _CORE_FOLDED = frozenset(name.casefold() for name in CORE_FILES)
+# Top-level paths the tools may read but never write or delete (see _check_managed).
+MANAGED_DIRS = frozenset({"dist", "node_modules", ".git"})
+MANAGED_PREFIX = ".runforge-"
+_MANAGED_FOLDED = frozenset(name.casefold() for name in MANAGED_DIRS)
 _TEMP_TOKEN_BYTES = 8  # secrets.token_hex(8) -> 16 hex digits, matched below
 _TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{16}\.tmp", re.DOTALL)
 # Keep "." + stem + "." + token + ".tmp" under the 255-byte name limit.
@@ -151,7 +155,17 @@ def _encode_content(content: str) -> bytes:
     return data
 
 
+def _check_managed(shown: str) -> None:
+    """Build output, dependencies and Runforge's own files are made by Runforge, not the model:
+    a page written into dist/ would be served as the build, and would outlive a rollback
+    (checkpoints never hold these paths)."""
+    top = shown.split("/", 1)[0].casefold()
+    if top in _MANAGED_FOLDED or top.startswith(MANAGED_PREFIX):
+        raise WorkspaceError(f"{shown} is managed by Runforge (build output, dependencies); write the sources instead")
+
+
 def _check_write_target(target: Path, shown: str) -> None:
+    _check_managed(shown)
     if os.path.islink(target):
         raise WorkspaceError(f"refusing to write through a symlink: {shown}")
     if os.path.isdir(target):
@@ -302,6 +316,7 @@ def delete_file(root: Path, path: str, gate: StopGate) -> None:
     """Delete one file (a symlink is removed itself); directories and core files are refused."""
     target = resolve_in_workspace(root, path)
     shown = relative_display(root, target)
+    _check_managed(shown)
     if _is_core_file(root, target):
         raise WorkspaceError(f"{shown} is a core project file and cannot be deleted")
     try:
