@@ -464,7 +464,8 @@ async def create_apps(http: httpx.AsyncClient, count: int) -> list[str]:
 
     async def create(i: int) -> str:
         async with limit:
-            response = await http.post("/apps", json={"name": f"bench app {i}"})
+            # vue_project: the type whose runs call the file tools (the tools_midstream share).
+            response = await http.post("/apps", json={"name": f"bench app {i}", "codeGenType": "vue_project"})
             response.raise_for_status()
             return str(response.json()["id"])
 
