@@ -355,6 +355,7 @@ class Run:
             await recorder.record_completed(self)
         except Exception:
             log.exception("could not record completed run", extra={"run_id": self.id})
+            await self._undo_partial_finalize()  # an unsaved turn leaves no files behind either
             await self._fail(recorder, "persist_failed", "the turn could not be saved")
             return
         self.status = RunStatus.COMPLETED
