@@ -14,8 +14,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from app.control.cancel import StopGate
 from app.control.events import BuildEvent
 from app.llm.simulator import SCENARIOS, Params, Turn
 from app.settings import Settings
+from tests.process_kit import assert_all_dead, is_alive, no_process_left, proc_state, session_members
 from tests.support import HANG_TIMEOUT_S, Event, ServerThread, collect, gen_url, open_stream, wait_for_status
 
 TOOL_DELAY_S = 0.5  # every tool call takes this long on the `slow` server: a stop lands inside one
@@ -36,7 +35,6 @@ BUILDS = BuildSettings(enabled=True, build_timeout_s=60, install_timeout_s=120)
 FOUR_FILES = "[sim:tools_midstream files=4]"
 FAST = "[sim:long_text pace=20 tokens=5000]"  # 100 s of text: a stop that waited for the step would hang
 MODES = ("immediate", "after_step", "rollback")
-DEAD_WITHIN_S = 5.0  # generous: SIGKILL takes milliseconds
 
 
 # -- harness -----------------------------------------------------------------------------
@@ -90,16 +88,7 @@ async def builds(settings: Settings) -> AsyncIterator[Site]:
 
 @pytest.fixture(autouse=True)
 def _no_process_left(tmp_path: Path) -> Iterator[None]:
-    """Whatever a test did, no process it started may outlive it (killed here, then failed)."""
-    yield
-    deadline = time.monotonic() + DEAD_WITHIN_S
-    while left := processes_in(tmp_path):
-        if time.monotonic() > deadline:
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"processes left running in the workspace: {left}")
-        time.sleep(0.02)
+    yield from no_process_left(tmp_path)
 
 
 async def stop(client: httpx.AsyncClient, run_id: str, mode: str | None = None) -> httpx.Response:
@@ -140,52 +129,6 @@ async def finished(site: Site, run_id: str, status: str) -> dict[str, Any]:
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-def proc_state(pid: int) -> tuple[str, int] | None:
-    """(state, session id) of a process, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
-    return fields[0], int(fields[3])
-
-
-def is_alive(pid: int) -> bool:
-    state = proc_state(pid)
-    return state is not None and state[0] not in ("Z", "X")
-
-
-def session_members(sid: int) -> set[int]:
-    members = set()
-    for entry in Path("/proc").iterdir():
-        state = proc_state(int(entry.name)) if entry.name.isdigit() else None
-        if state is not None and state[1] == sid and state[0] not in ("Z", "X"):
-            members.add(int(entry.name))
-    return members
-
-
-def processes_in(root: Path) -> list[int]:
-    """Live processes whose working directory is inside ``root``: what a build would leave behind."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = Path(os.readlink(entry / "cwd"))
-        except OSError:
-            continue
-        if cwd.is_relative_to(root) and is_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-async def assert_all_dead(pids: set[int]) -> None:
-    deadline = time.monotonic() + DEAD_WITHIN_S
-    while alive := sorted(pid for pid in pids if is_alive(pid)):
-        assert time.monotonic() < deadline, f"still running after {DEAD_WITHIN_S} s: {alive}"
-        await asyncio.sleep(0.02)  # polling for a death the kernel does not announce to us
 
 
 @dataclass(frozen=True)

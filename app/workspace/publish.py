@@ -14,12 +14,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.workspace.fs import is_temp_name
+from app.workspace.fs import MANAGED_PREFIX, is_temp_name
 from app.workspace.paths import PathRefused, resolve_in_workspace
 
 # Never in a download: reproducible (node_modules), internal (.git), or half-made (.runforge-*).
 ARCHIVE_SKIP_DIRS = frozenset({"node_modules", ".git"})
-INTERNAL_PREFIX = ".runforge-"
 MAX_PREVIEW_FILE_BYTES = 50 * 1024 * 1024
 MAX_ARCHIVE_BYTES = 200 * 1024 * 1024
 
@@ -139,7 +138,7 @@ def _archive_members(root: Path) -> list[tuple[Path, str]]:
 
 
 def _skipped(name: str) -> bool:
-    return name in ARCHIVE_SKIP_DIRS or name.startswith(INTERNAL_PREFIX) or is_temp_name(name)
+    return name in ARCHIVE_SKIP_DIRS or name.startswith(MANAGED_PREFIX) or is_temp_name(name)
 
 
 __all__ = ["NotServable", "PathRefused", "PreviewFile", "build_archive", "content_type", "read_preview_file"]
