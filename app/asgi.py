@@ -15,10 +15,12 @@ from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Message, Scope
 
+from app.api.agent_ws import agent_socket
 from app.api.apps import AppsController
 from app.api.chat import ChatController
 from app.api.deps import provide_services, provide_user
 from app.api.home import healthz, home
+from app.api.openai_compat import v1_router
 from app.api.runs import RunsController
 from app.api.workspace import WorkspaceController
 from app.errors import EXCEPTION_HANDLERS
@@ -51,7 +53,16 @@ def create_app(settings: Settings) -> Litestar:
             await services.stop()
 
     return Litestar(
-        route_handlers=[home, healthz, AppsController, WorkspaceController, ChatController, RunsController],
+        route_handlers=[
+            home,
+            healthz,
+            AppsController,
+            WorkspaceController,
+            ChatController,
+            RunsController,
+            v1_router,
+            agent_socket,
+        ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),
             "user": Provide(provide_user),
@@ -77,9 +88,12 @@ async def echo_request_id(message: Message, scope: Scope) -> None:
     disconnects still reach streaming handlers at once.
     """
     if message["type"] == "http.response.start" and scope["type"] == ScopeType.HTTP:
+        headers = MutableScopeHeaders.from_message(message)
+        if "x-request-id" in headers:
+            return  # the handler set its own (the /v1 proxy: the id of the run it started)
         request_id = _request_id(scope)
         if request_id is not None:
-            MutableScopeHeaders.from_message(message)["X-Request-Id"] = request_id
+            headers["X-Request-Id"] = request_id
 
 
 def _request_id(scope: Scope) -> str | None:

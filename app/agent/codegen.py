@@ -58,7 +58,7 @@ async def run_codegen(run: Run, deps: CodegenDeps) -> Completion:
     await asyncio.to_thread(run.workspace.mkdir, parents=True, exist_ok=True)
     await _checkpoint_before(run, deps.checkpoints)
     preset = await seed_workspace(run, deps.presets)
-    history = await deps.load_history(run.app_id)
+    history = await deps.load_history(run.code_app_id)
     if run.code_gen_type == CodeGenType.VUE_PROJECT:
         return await _vue_project(run, deps, history, preset)
     return await _static_site(run, deps, history, preset)
@@ -70,7 +70,7 @@ async def run_codegen(run: Run, deps: CodegenDeps) -> Completion:
 async def _checkpoint_before(run: Run, checkpoints: Checkpoints) -> None:
     run.gate.check()
     try:
-        base = await to_thread_to_the_end(checkpoints.base, run.app_id, run.workspace, run.id)
+        base = await to_thread_to_the_end(checkpoints.base, run.code_app_id, run.workspace, run.id)
     except CheckpointError:
         # Without git the product still generates; only undo is unavailable.
         log.exception("could not checkpoint the workspace before run %s", run.id)
@@ -78,7 +78,7 @@ async def _checkpoint_before(run: Run, checkpoints: Checkpoints) -> None:
 
     async def rollback() -> None:
         # To the end even if cancelled again: a new run may only start once the restore is over.
-        await to_thread_to_the_end(checkpoints.restore, run.app_id, run.workspace, base)
+        await to_thread_to_the_end(checkpoints.restore, run.code_app_id, run.workspace, base)
         await to_thread_to_the_end(discard_build, run.workspace)
 
     run.rollback = rollback
@@ -138,7 +138,7 @@ async def _publish_build(run: Run, checkpoints: Checkpoints, result: BuildResult
         await asyncio.to_thread(publish_build, run.workspace, result.out_dir)
     built = await asyncio.to_thread((run.workspace / "dist" / "index.html").is_file)
     checkpoint = await _checkpoint_after(run, checkpoints)
-    return Published((), preview_url(run.app_id) if built else None, checkpoint)
+    return Published((), preview_url(run.code_app_id) if built else None, checkpoint)
 
 
 # -- 3, 5. html / multi_file -------------------------------------------------------------
@@ -216,7 +216,7 @@ async def _publish_files(run: Run, checkpoints: Checkpoints, files: dict[str, st
         await asyncio.to_thread(fs.write_text_atomic, run.workspace, name, content, run.gate)
     has_page = await asyncio.to_thread((run.workspace / "index.html").is_file)
     checkpoint = await _checkpoint_after(run, checkpoints)
-    return Published(tuple(files), preview_url(run.app_id) if has_page else None, checkpoint)
+    return Published(tuple(files), preview_url(run.code_app_id) if has_page else None, checkpoint)
 
 
 # -- shared ------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ async def _publish_files(run: Run, checkpoints: Checkpoints, files: dict[str, st
 
 async def _checkpoint_after(run: Run, checkpoints: Checkpoints) -> str | None:
     try:
-        checkpoint = await asyncio.to_thread(checkpoints.commit_run, run.app_id, run.workspace, run.id)
+        checkpoint = await asyncio.to_thread(checkpoints.commit_run, run.code_app_id, run.workspace, run.id)
     except CheckpointError:
         log.exception("could not checkpoint the workspace after run %s", run.id)
         return None

@@ -11,11 +11,11 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import RUN_ID_PATTERN, CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app
+from app.api.deps import CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app
 from app.api.sse import event_stream
 from app.control.cancel import StopMode, StopReason
 from app.control.manager import Multitask, RunRequest
-from app.control.run import CancelOutcome, OnDisconnect
+from app.control.run import RUN_ID_PATTERN, CancelOutcome, OnDisconnect, Run
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.services import Services
 from app.store.models import User
@@ -76,6 +76,13 @@ class ChatController(Controller):
 async def start_run(
     request: Request[Any, Any, Any], services: Services, user: User, gen: GenRequest
 ) -> EventSourceResponse:
+    run_id = check_run_id(gen.runId) if gen.runId else _run_id_from(request)
+    run = await start_code_run(services, user, gen, run_id)
+    return event_stream(services, run, 0, gen.onDisconnect)
+
+
+async def start_code_run(services: Services, user: User, gen: GenRequest, run_id: str) -> Run:
+    """Validate a generation request and start its run (shared by SSE and the WebSocket)."""
     message = gen.message.strip()
     if not message:
         raise BadRequest("message must not be empty", code="empty_message")
@@ -84,9 +91,8 @@ async def start_run(
             f"message is longer than {services.settings.max_message_chars} characters",
             code="message_too_large",
         )
-    run_id = check_run_id(gen.runId) if gen.runId else _run_id_from(request)
     app = await owned_app(services, user, gen.appId)
-    run = await services.manager.start(
+    return await services.manager.start(
         RunRequest(
             run_id=run_id,
             app_id=gen.appId,
@@ -98,7 +104,6 @@ async def start_run(
             multitask=gen.multitask,
         )
     )
-    return event_stream(services, run, 0, gen.onDisconnect)
 
 
 def _run_id_from(request: Request[Any, Any, Any]) -> str:

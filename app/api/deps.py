@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeAlias
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
+from app.control.run import RUN_ID_PATTERN
 from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from app.services import Services
 from app.store.models import App, User
@@ -18,7 +19,6 @@ ServicesDep: TypeAlias = NamedDependency[Services]
 CurrentUser: TypeAlias = NamedDependency[User]
 
 TOKEN_COOKIE = "runforge_token"
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def provide_services(state: State) -> Services:
@@ -26,12 +26,12 @@ def provide_services(state: State) -> Services:
     return services
 
 
-def bearer_token(request: Request[Any, Any, Any]) -> str | None:
-    header = request.headers.get("authorization", "")
+def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(TOKEN_COOKIE) or None
+    return connection.cookies.get(TOKEN_COOKIE) or None
 
 
 async def provide_user(request: Request[Any, Any, Any], services: ServicesDep) -> User:

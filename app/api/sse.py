@@ -25,7 +25,9 @@ def event_stream(services: Services, run: Run, after_seq: int, on_disconnect: On
         try:
             async with contextlib.aclosing(run.log.follow(after_seq)) as batches:
                 async for batch in batches:
-                    yield b"".join(event.wire for event in batch)
+                    wire = b"".join(event.wire for event in batch)
+                    if wire:  # a chat run's chunks without text have no SSE frame
+                        yield wire
             delivered_terminal = True
         finally:
             # Ended without its terminal event: the client went away, or could not keep up

@@ -42,6 +42,7 @@ def live_run_view(run: LiveRun) -> dict[str, Any]:
     error = {"code": run.error.code, "message": run.error.message} if run.error else None
     return {
         "runId": run.id,
+        "kind": run.kind.value,
         "appId": run.app_id,
         "status": run.status.value,
         "createdAt": _iso(run.created_at),
@@ -64,6 +65,7 @@ def row_run_view(row: RunRow) -> dict[str, Any]:
     error = {"code": row.error_code, "message": row.error_message} if row.error_code else None
     return {
         "runId": row.id,
+        "kind": row.kind,
         "appId": row.app_id,
         "status": row.status,
         "createdAt": _iso(row.created_at),

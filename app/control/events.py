@@ -19,7 +19,7 @@ from app.control.cancel import StopReason
 class RunStarted:
     kind: ClassVar[str] = "run"
     terminal: ClassVar[bool] = False
-    app_id: str
+    app_id: str | None  # None for a chat run
 
     def payload(self) -> dict[str, Any]:
         return {"appId": self.app_id}
@@ -114,6 +114,24 @@ class BuildEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamChunk:
+    """One event of a chat run's upstream stream (``/v1/chat/completions``).
+
+    ``frame`` is the event as the upstream sent it, relayed byte for byte to the /v1 client.
+    SSE and WebSocket followers of the run see its text as a plain ``message`` event, and do
+    not see chunks without text (role, finish, tool-call deltas).
+    """
+
+    kind: ClassVar[str] = "chunk"
+    terminal: ClassVar[bool] = False
+    text: str
+    frame: bytes
+
+    def payload(self) -> dict[str, Any]:
+        return {"d": self.text}
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     kind: ClassVar[str] = "done"
     terminal: ClassVar[bool] = True
@@ -165,6 +183,7 @@ RunEvent = (
     | TemplateChosen
     | CodeBlock
     | BuildEvent
+    | UpstreamChunk
     | Done
     | Interrupted
     | Failed
@@ -175,22 +194,44 @@ class LoggedEvent(NamedTuple):
     """An event as stored in a run's log: numbered, and encoded once for every subscriber.
 
     ``wire`` is the complete SSE frame (id, event name, data), so streams send bytes as they
-    are instead of re-encoding every event for every subscriber. A tuple of atomic values is
-    untracked by the garbage collector, so long logs do not lengthen GC pauses.
+    are instead of re-encoding every event for every subscriber; it is empty for an event SSE
+    followers do not see. ``relay`` is an upstream chunk's frame for the /v1 client (chat runs).
+    A tuple of atomic values is untracked by the garbage collector, so long logs do not
+    lengthen GC pauses.
     """
 
     seq: int
     kind: str
     wire: bytes
+    relay: bytes = b""
+
+    @property
+    def sse_name(self) -> str:
+        """The event's name on the SSE stream (and in WebSocket ``EVENT`` messages)."""
+        return TextDelta.kind if self.kind == UpstreamChunk.kind else self.kind
+
+    def data_json(self) -> bytes:
+        """The event's JSON data, cut from the SSE frame (it is the frame's one ``data:`` line)."""
+        start = self.wire.find(_DATA_FIELD) + len(_DATA_FIELD)
+        return self.wire[start : -2 * len(SSE_SEPARATOR)]
 
 
 _encoder = msgspec.json.Encoder()
 SSE_SEPARATOR = "\r\n"  # what sse-starlette uses for its own frames (pings)
 
 
+_DATA_FIELD = b"data: "
+
+
 def log_event(run_id: str, seq: int, event: RunEvent) -> LoggedEvent:
+    if isinstance(event, UpstreamChunk):
+        wire = _sse_frame(run_id, seq, TextDelta.kind, event) if event.text else b""
+        return LoggedEvent(seq, event.kind, wire, event.frame)
+    return LoggedEvent(seq, event.kind, _sse_frame(run_id, seq, event.kind, event))
+
+
+def _sse_frame(run_id: str, seq: int, kind: str, event: RunEvent) -> bytes:
     # Compact JSON never contains a raw newline, so the data fits one `data:` line.
     data = _encoder.encode({**event.payload(), "runId": run_id}).decode()
-    name = "" if event.kind == TextDelta.kind else f"event: {event.kind}{SSE_SEPARATOR}"
-    wire = f"id: {run_id}:{seq}{SSE_SEPARATOR}{name}data: {data}{SSE_SEPARATOR}{SSE_SEPARATOR}"
-    return LoggedEvent(seq, event.kind, wire.encode())
+    name = "" if kind == TextDelta.kind else f"event: {kind}{SSE_SEPARATOR}"
+    return f"id: {run_id}:{seq}{SSE_SEPARATOR}{name}data: {data}{SSE_SEPARATOR}{SSE_SEPARATOR}".encode()

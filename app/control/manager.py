@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from app.control.cancel import StopReason
-from app.control.run import Job, OnDisconnect, Run, RunRecorder
+from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder
 from app.errors import Conflict
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,16 @@ class Multitask(StrEnum):
 @dataclass(frozen=True, slots=True)
 class RunRequest:
     run_id: str
-    app_id: str
+    app_id: str | None  # None: a chat run, which has no app (and no one-run-per-app rule)
     user_id: str
     message: str
-    workspace: Path
+    workspace: Path | None
     code_gen_type: str = "vue_project"
     on_disconnect: OnDisconnect = OnDisconnect.CANCEL
     multitask: Multitask = Multitask.INTERRUPT
+    kind: RunKind = RunKind.CODE
+    # The run's work; None means the manager's default job (code generation).
+    job: Job | None = None
 
 
 class RunStore(RunRecorder, Protocol):
@@ -100,8 +103,10 @@ class RunManager:
             raise Conflict("the server is shutting down", code="shutting_down")
         self._reserve(request.run_id)
         try:
+            if request.app_id is None:
+                return await self._create_and_launch(request)
             async with self._app_lock(request.app_id):
-                await self._make_room(request)
+                await self._make_room(request.app_id, request.multitask)
                 # An id used by an earlier run fails the insert (unique key): 409 run_id_taken.
                 return await self._create_and_launch(request)
         finally:
@@ -163,12 +168,12 @@ class RunManager:
             raise Conflict(f"run id {run_id!r} is already used", code="run_id_taken")
         self._reserved.add(run_id)
 
-    async def _make_room(self, request: RunRequest) -> None:
-        old = self._active_by_app.get(request.app_id)
+    async def _make_room(self, app_id: str, multitask: Multitask) -> None:
+        old = self._active_by_app.get(app_id)
         if old is None:
             return
-        if request.multitask is Multitask.REJECT and not old.gate.closed:
-            raise Conflict(f"app {request.app_id} already has an active run {old.id}", code="run_active")
+        if multitask is Multitask.REJECT and not old.gate.closed:
+            raise Conflict(f"app {app_id} already has an active run {old.id}", code="run_active")
         old.cancel(StopReason.SUPERSEDED)
         # Wait for the old task to be gone: its upstream is closed and nothing of it can
         # touch the workspace while the new run works there.
@@ -183,11 +188,13 @@ class RunManager:
             workspace=request.workspace,
             code_gen_type=request.code_gen_type,
             on_disconnect=request.on_disconnect,
+            kind=request.kind,
         )
         # Findable before the first await: a stop during the insert closes the gate, and
         # the task then records the interruption on its first line.
         self._active[run.id] = run
-        self._active_by_app[run.app_id] = run
+        if run.app_id is not None:
+            self._active_by_app[run.app_id] = run
         try:
             await self._store.insert_run(run)
         except BaseException:
@@ -195,14 +202,14 @@ class RunManager:
             raise
         if self._closing:
             run.cancel(StopReason.SHUTDOWN)
-        task = run.start(self._job, self._store)
+        task = run.start(request.job or self._job, self._store)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._on_done(run, t))
         return run
 
     def _forget(self, run: Run) -> None:
         self._active.pop(run.id, None)
-        if self._active_by_app.get(run.app_id) is run:
+        if run.app_id is not None and self._active_by_app.get(run.app_id) is run:
             del self._active_by_app[run.app_id]
 
     def _on_done(self, run: Run, task: asyncio.Task[None]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ from app.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
+# What a client-chosen run id may look like (it appears in URLs, headers and SSE ids).
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
 
 class RunStatus(StrEnum):
     QUEUED = "queued"
@@ -53,6 +57,11 @@ class RunStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.INTERRUPTED, RunStatus.FAILED})
+
+
+class RunKind(StrEnum):
+    CODE = "code"  # an agent turn on an app: tools, build, history
+    CHAT = "chat"  # one /v1/chat/completions request relayed to the upstream; no app
 
 
 class OnDisconnect(StrEnum):
@@ -165,18 +174,20 @@ class Run:
         self,
         *,
         run_id: str,
-        app_id: str,
+        app_id: str | None,
         user_id: str,
         message: str,
-        workspace: Path,
+        workspace: Path | None,
         code_gen_type: str = "vue_project",
         on_disconnect: OnDisconnect = OnDisconnect.CANCEL,
+        kind: RunKind = RunKind.CODE,
     ) -> None:
         self.id = run_id
+        self.kind = kind
         self.app_id = app_id
         self.user_id = user_id
         self.message = message
-        self.workspace = workspace
+        self._workspace = workspace
         self.code_gen_type = code_gen_type
         self.on_disconnect = on_disconnect
         self.status = RunStatus.QUEUED
@@ -216,6 +227,19 @@ class Run:
         """True once the task has ended: its terminal event is in the log and its outcome was
         written (or the write failed and was logged)."""
         return self._finished.is_set()
+
+    @property
+    def code_app_id(self) -> str:
+        """The app a code run works on (chat runs have none)."""
+        if self.app_id is None:
+            raise RunFailed("internal", f"run {self.id} has no app")
+        return self.app_id
+
+    @property
+    def workspace(self) -> Path:
+        if self._workspace is None:
+            raise RunFailed("internal", f"run {self.id} has no workspace")
+        return self._workspace
 
     @property
     def reply_text(self) -> str:

@@ -8,6 +8,7 @@ request (auth, retries, status errors), and this module reads the body's SSE lin
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
@@ -21,11 +22,14 @@ class FunctionDelta(msgspec.Struct):
 class ToolCallDelta(msgspec.Struct):
     index: int = 0
     id: str | None = None
+    type: str | None = None
     function: FunctionDelta | None = None
 
 
 class Delta(msgspec.Struct):
+    role: str | None = None
     content: str | None = None
+    refusal: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 
@@ -38,6 +42,7 @@ class Choice(msgspec.Struct):
 class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    total_tokens: int | None = None
 
 
 class ErrorBody(msgspec.Struct):
@@ -47,6 +52,10 @@ class ErrorBody(msgspec.Struct):
 
 
 class Chunk(msgspec.Struct):
+    # Envelope fields: the /v1 proxy rebuilds a whole completion from them (non-streaming).
+    id: str | None = None
+    model: str | None = None
+    created: int | None = None
     choices: list[Choice] = msgspec.field(default_factory=list)
     usage: Usage | None = None
     # Providers report a failure inside a 200 stream as {"error": {...}}.
@@ -79,15 +88,23 @@ class TruncatedStream(StreamProblem):
 
 _decoder = msgspec.json.Decoder(Chunk)
 DONE = b"[DONE]"
-_END = Chunk()  # returned by _feed for `data: [DONE]`; compared by identity
+_END = (DONE, Chunk())  # returned by _feed for `data: [DONE]`; compared by identity
 
 
 async def iter_chunks(body: AsyncIterator[bytes]) -> AsyncGenerator[Chunk, None]:
-    """The body's SSE events -> chunks, until `data: [DONE]`.
+    """The body's SSE events -> chunks, until `data: [DONE]` (see :func:`iter_frames`)."""
+    async with contextlib.aclosing(iter_frames(body)) as frames:
+        async for _, chunk in frames:
+            yield chunk
+
+
+async def iter_frames(body: AsyncIterator[bytes]) -> AsyncGenerator[tuple[bytes, Chunk], None]:
+    """The body's SSE events -> (the event's data, its chunk), until `data: [DONE]`.
 
     Works on bytes as they arrive (no text decoding layer); lines end with LF or CRLF. Raises
     :class:`ErrorChunk` for an in-stream error and :class:`TruncatedStream` when the body ends
     early: a cut answer must never pass for a complete one (it would be saved as a turn).
+    The raw data is what the /v1 proxy relays, byte for byte.
     """
     pending = b""
     data: list[bytes] = []
@@ -96,20 +113,20 @@ async def iter_chunks(body: AsyncIterator[bytes]) -> AsyncGenerator[Chunk, None]
         pending += piece
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            chunk = _feed(line.rstrip(b"\r"), data)
-            if chunk is _END:
+            frame = _feed(line.rstrip(b"\r"), data)
+            if frame is _END:
                 return
-            if chunk is not None:
-                finished = finished or _finishes(chunk)
-                yield chunk
+            if frame is not None:
+                finished = finished or _finishes(frame[1])
+                yield frame
     if pending:  # the body ended without a final newline
         _feed(pending.rstrip(b"\r"), data)
-    chunk = _feed(b"", data)  # an event the body did not terminate with a blank line
-    if chunk is _END:
+    frame = _feed(b"", data)  # an event the body did not terminate with a blank line
+    if frame is _END:
         return
-    if chunk is not None:
-        finished = finished or _finishes(chunk)
-        yield chunk
+    if frame is not None:
+        finished = finished or _finishes(frame[1])
+        yield frame
     if not finished:
         raise TruncatedStream("the model's stream ended before the answer was complete")
 
@@ -121,7 +138,7 @@ def _finishes(chunk: Chunk) -> bool:
     return any(choice.finish_reason for choice in chunk.choices)
 
 
-def _feed(line: bytes, data: list[bytes]) -> Chunk | None:
+def _feed(line: bytes, data: list[bytes]) -> tuple[bytes, Chunk] | None:
     """One SSE line: collect `data:` fields; a blank line ends the event."""
     if line:
         if line.startswith(b"data:"):
@@ -131,7 +148,7 @@ def _feed(line: bytes, data: list[bytes]) -> Chunk | None:
         return None
     payload = b"\n".join(data)
     data.clear()
-    return _END if payload.strip() == DONE else decode(payload)
+    return _END if payload.strip() == DONE else (payload, decode(payload))
 
 
 def decode(payload: bytes) -> Chunk:

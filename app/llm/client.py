@@ -8,7 +8,7 @@ connection open for over a second), which also runs when the run's task is cance
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +18,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from app.control.outcomes import RunFailed
-from app.llm.chunks import Chunk, StreamProblem, iter_chunks
+from app.llm.chunks import Chunk, StreamProblem, iter_frames
 from app.settings import LLMSettings
 
 # Sent on every upstream request so the simulator (and provider logs) can tie it to a run.
@@ -28,7 +28,16 @@ _encoder = msgspec.json.Encoder()
 
 
 class UpstreamError(RunFailed):
-    """The LLM provider failed; the run ends with ``failed``."""
+    """The LLM provider failed; the run ends with ``failed``.
+
+    ``status`` and ``body`` are the provider's HTTP status and error JSON when it answered
+    with one: the /v1 proxy relays them to its client as they are.
+    """
+
+    def __init__(self, code: str, message: str, status: int | None = None, body: object = None) -> None:
+        super().__init__(code, message)
+        self.status = status
+        self.body = body
 
 
 class LLMClient:
@@ -62,7 +71,16 @@ class LLMClient:
         }
         if tools:  # some providers refuse an empty tool list
             request["tools"] = tools
-        body = _encoder.encode(request)
+        stream = self.open_stream(_encoder.encode(request), run_id)
+        async with stream as frames, contextlib.aclosing(_chunks_only(frames)) as chunks:
+            yield chunks
+
+    @asynccontextmanager
+    async def open_stream(self, body: bytes, run_id: str) -> AsyncIterator[AsyncIterator[tuple[bytes, Chunk]]]:
+        """POST a pre-encoded streaming request; yields (raw event data, chunk) pairs.
+
+        The response is closed when the block exits, normally or by cancellation.
+        """
         headers = {RUN_ID_HEADER: run_id, "Content-Type": "application/json"}
         try:
             # The SDK's post() with a pre-encoded body: same auth, retries and status errors as
@@ -78,8 +96,8 @@ class LLMClient:
             )
             async with stream:
                 _require_event_stream(stream.response)
-                async with contextlib.aclosing(iter_chunks(stream.response.aiter_bytes())) as chunks:
-                    yield chunks
+                async with contextlib.aclosing(iter_frames(stream.response.aiter_bytes())) as frames:
+                    yield frames
         except openai.APIError as exc:
             raise translate_error(exc) from exc
         except StreamProblem as exc:
@@ -89,8 +107,34 @@ class LLMClient:
         except (httpx2.HTTPError, httpx2.StreamError) as exc:
             raise UpstreamError("upstream_unavailable", "the connection to the model provider was lost") from exc
 
+    async def list_models(self) -> dict[str, Any]:
+        """The provider's ``GET /models`` answer, as it sent it."""
+        try:
+            response = await self._client.get("/models", cast_to=httpx2.Response)
+        except openai.APIError as exc:
+            raise translate_error(exc) from exc
+        except httpx2.HTTPError as exc:
+            raise UpstreamError("upstream_unavailable", "could not reach the model provider") from exc
+        body = _json_object(response.content)
+        if body is None:
+            raise UpstreamError("upstream_malformed", "the model provider's model list is not a JSON object")
+        return body
+
     async def close(self) -> None:
         await self._client.close()
+
+
+async def _chunks_only(frames: AsyncIterator[tuple[bytes, Chunk]]) -> AsyncGenerator[Chunk, None]:
+    async for _, chunk in frames:
+        yield chunk
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _require_event_stream(response: httpx2.Response) -> None:
@@ -106,10 +150,11 @@ def translate_error(exc: openai.APIError) -> UpstreamError:
         return UpstreamError("upstream_timeout", "the model did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamError("upstream_unavailable", "could not reach the model provider")
-    if isinstance(exc, openai.RateLimitError):
-        return UpstreamError("upstream_rate_limited", "the model provider is rate limiting requests")
     if isinstance(exc, openai.APIStatusError):
-        return UpstreamError("upstream_error", f"the model provider answered HTTP {exc.status_code}")
+        status, body = exc.status_code, _json_object(exc.response.content)
+        if isinstance(exc, openai.RateLimitError):
+            return UpstreamError("upstream_rate_limited", "the model provider is rate limiting requests", status, body)
+        return UpstreamError("upstream_error", f"the model provider answered HTTP {status}", status, body)
     return UpstreamError("upstream_error", f"the model provider failed: {_short(exc.message)}")
 
 

@@ -73,7 +73,9 @@ class Run(Base):
     __table_args__ = (Index("ix_runs_status", "status"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
+    # code: an agent turn on an app; chat: one /v1/chat/completions request (no app).
+    kind: Mapped[str] = mapped_column(String(8), default="code", server_default="code")
+    app_id: Mapped[str | None] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     message: Mapped[str] = mapped_column(Text)
     # queued | running | completed | interrupted | failed

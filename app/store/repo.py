@@ -131,6 +131,7 @@ class Runs:
             s.add(
                 Run(
                     id=run.id,
+                    kind=run.kind.value,
                     app_id=run.app_id,
                     user_id=run.user_id,
                     message=run.message,
@@ -141,10 +142,14 @@ class Runs:
             )
 
     async def record_completed(self, run: LiveRun) -> None:
-        """The turn (user message + AI reply) and the run's end, in one transaction."""
+        """The turn (user message + AI reply) and the run's end, in one transaction.
+
+        A chat run has no app, hence no history: the client keeps its own conversation.
+        """
         async with self._db.session() as s:
-            s.add(ChatMessage(app_id=run.app_id, run_id=run.id, role="user", content=run.message))
-            s.add(ChatMessage(app_id=run.app_id, run_id=run.id, role="ai", content=run.reply_text))
+            if run.app_id is not None:
+                s.add(ChatMessage(app_id=run.app_id, run_id=run.id, role="user", content=run.message))
+                s.add(ChatMessage(app_id=run.app_id, run_id=run.id, role="ai", content=run.reply_text))
             await s.execute(_final_update(run, "completed", last_seq=run.log.last_seq + 1))
 
     async def record_interrupted(self, run: LiveRun) -> None:

@@ -1,0 +1,251 @@
+"""The agent WebSocket: several runs over one socket, each followed and interruptible by id.
+
+Protocol (docs/api.md has every message):
+
+    client REQUEST {requestId?, messageId?, payload: {appId, message}}
+    server ACK {requestId, messageId} · EVENT {requestId, event, seq, data}…
+           then exactly one of DONE / INTERRUPTED / FAILED {requestId, messageId, data}
+    client INTERRUPT {requestId, reason?}
+    server INTERRUPT_ACK {requestId, status: SUCCESS | NOT_FOUND | ALREADY_FINISHED}
+    server ERROR {code, message} for a message it cannot act on; the socket stays open
+
+The requestId is the run's id; the messageId is the client's own UI id and is only echoed.
+Closing the socket interrupts the runs it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+
+from app.api.chat import GenRequest, start_code_run
+from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
+from app.control.cancel import StopReason
+from app.control.events import Done, Failed, Interrupted, LoggedEvent
+from app.control.manager import Multitask
+from app.control.run import RUN_ID_PATTERN, CancelOutcome, Run
+from app.errors import AppError
+from app.services import Services
+from app.store.models import User
+
+log = logging.getLogger(__name__)
+
+# A socket may run this many requests at once; more are refused with ERROR too_many_requests.
+MAX_ACTIVE_PER_SOCKET = 32
+MAX_MESSAGE_ID_CHARS = 128
+# A client that cannot take a message within this time is treated as gone.
+SEND_TIMEOUT_S = 30.0
+UNAUTHORIZED_CLOSE = 4401  # an application close code: 4000 + the HTTP status
+
+_TERMINAL = {Done.kind: "DONE", Interrupted.kind: "INTERRUPTED", Failed.kind: "FAILED"}
+_encoder = msgspec.json.Encoder()
+
+
+class ProtocolError(Exception):
+    """A client message the server cannot act on: answered with ERROR, the socket stays open."""
+
+    def __init__(self, code: str, message: str, **echo: str | None) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.echo = {key: value for key, value in echo.items() if value is not None}
+
+
+@websocket("/ws/agent")
+async def agent_socket(socket: WebSocket[Any, Any, Any], services: ServicesDep) -> None:
+    await socket.accept()
+    user = await _authenticate(socket, services)
+    if user is None:
+        await socket.send_text(_error("unauthorized", "sign in: a Runforge token as ?token=, cookie or bearer"))
+        await socket.close(code=UNAUTHORIZED_CLOSE)
+        return
+    session = AgentSession(services, user, socket.send_text)
+    try:
+        await session.serve(socket.receive)
+    finally:
+        await session.close()
+
+
+async def _authenticate(socket: WebSocket[Any, Any, Any], services: Services) -> User | None:
+    token = socket.query_params.get("token") or bearer_token(socket) or socket.cookies.get(TOKEN_COOKIE)
+    return await services.user_for_token(token) if token else None
+
+
+class AgentSession:
+    """One socket's requests: their runs, the tasks that forward their events, one send lock."""
+
+    def __init__(self, services: Services, user: User, send_text: Callable[[str], Awaitable[None]]) -> None:
+        self._services = services
+        self._user = user
+        self._send_text = send_text
+        self._send_lock = asyncio.Lock()  # one message at a time, whole, in order
+        self._runs: dict[str, tuple[Run, str | None]] = {}  # requestId -> (run, messageId)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, receive: Callable[[], Awaitable[Any]]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                await self._dispatch(message.get("text"))
+            except ProtocolError as exc:
+                await self.send(_error(exc.code, exc.message, **exc.echo))
+
+    async def close(self) -> None:
+        """The socket is gone: stop the starts in progress, then every run it started."""
+        starting = list(self._tasks)
+        for task in starting:
+            task.cancel()
+        if starting:
+            await asyncio.wait(starting)
+        for run, _ in self._runs.values():
+            run.cancel(StopReason.CLIENT_DISCONNECT)
+
+    async def send(self, text: str) -> None:
+        async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+            await self._send_text(text)
+
+    # -- messages from the client ----------------------------------------------------------
+
+    async def _dispatch(self, text: str | None) -> None:
+        if text is None:
+            raise ProtocolError("invalid_message", "messages are JSON text frames, not binary")
+        try:
+            message = msgspec.json.decode(text)
+        except msgspec.DecodeError:
+            raise ProtocolError("invalid_json", "the message is not valid JSON") from None
+        if not isinstance(message, dict):
+            raise ProtocolError("invalid_message", "a message is a JSON object with a 'type'")
+        kind = message.get("type")
+        if kind == "REQUEST":
+            self._accept_request(message)
+        elif kind == "INTERRUPT":
+            await self._interrupt(message)
+        else:
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r}: send REQUEST or INTERRUPT")
+
+    def _accept_request(self, message: dict[str, Any]) -> None:
+        message_id = _optional_text(message, "messageId", MAX_MESSAGE_ID_CHARS)
+        request_id = _optional_text(message, "requestId", 64, messageId=message_id)
+        if request_id is not None and not RUN_ID_PATTERN.fullmatch(request_id):
+            raise ProtocolError("invalid_request_id", "requestId: 1-64 letters, digits, '_', '.' or '-'")
+        gen = _gen_request(message.get("payload"), request_id, message_id)
+        if len(self._tasks) >= MAX_ACTIVE_PER_SOCKET:
+            raise ProtocolError(
+                "too_many_requests", f"at most {MAX_ACTIVE_PER_SOCKET} requests run at once on one socket"
+            )
+        request_id = request_id or uuid.uuid4().hex
+        task = asyncio.create_task(self._run_request(gen, request_id, message_id), name=f"ws-request:{request_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _interrupt(self, message: dict[str, Any]) -> None:
+        request_id = message.get("requestId")
+        if not isinstance(request_id, str) or not request_id:
+            raise ProtocolError("invalid_message", "INTERRUPT needs the 'requestId' of the request to stop")
+        reason = message.get("reason")
+        status, hint = await self._stop(request_id)
+        if status == "SUCCESS":
+            log.info("run interrupted over the socket", extra={"run_id": request_id, "detail": str(reason)[:200]})
+        ack: dict[str, Any] = {"type": "INTERRUPT_ACK", "requestId": request_id, "status": status}
+        if hint:
+            ack["message"] = hint
+        await self.send(_encoder.encode(ack).decode())
+
+    async def _stop(self, request_id: str) -> tuple[str, str | None]:
+        run = self._services.manager.get(request_id)
+        if run is not None and run.user_id == self._user.id:
+            outcome = run.cancel(StopReason.USER_STOP)
+            return ("SUCCESS", None) if outcome is CancelOutcome.STOPPING else ("ALREADY_FINISHED", None)
+        if run is None:
+            row = await self._services.runs.get(request_id)
+            if row is not None and row.user_id == self._user.id:
+                return "ALREADY_FINISHED", None
+        return "NOT_FOUND", self._not_found_hint(request_id)
+
+    def _not_found_hint(self, unknown_id: str) -> str:
+        for request_id, (_, message_id) in self._runs.items():
+            if message_id == unknown_id:
+                return f"{unknown_id!r} is a messageId: interrupt by its requestId {request_id!r}"
+        return f"no request {unknown_id!r}: INTERRUPT takes the requestId from the ACK"
+
+    # -- one request -----------------------------------------------------------------------
+
+    async def _run_request(self, gen: GenRequest, request_id: str, message_id: str | None) -> None:
+        try:
+            run = await start_code_run(self._services, self._user, gen, request_id)
+        except AppError as exc:
+            await self.send(_error(exc.code, exc.message, requestId=request_id, messageId=message_id))
+            return
+        self._runs[request_id] = (run, message_id)
+        try:
+            await self.send(_encoder.encode({"type": "ACK", "requestId": request_id, "messageId": message_id}).decode())
+            await self._forward(run, request_id, message_id)
+        except (OSError, TimeoutError, WebSocketDisconnect):
+            # The socket is gone or the client stopped reading: nobody follows this run any more.
+            run.cancel(StopReason.CLIENT_DISCONNECT)
+        finally:
+            del self._runs[request_id]
+
+    async def _forward(self, run: Run, request_id: str, message_id: str | None) -> None:
+        prefix = _encoder.encode(request_id)
+        async with contextlib.aclosing(run.log.follow()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    text = _event_message(event, prefix, message_id)
+                    if text is not None:
+                        await self.send(text)
+
+
+def _gen_request(payload: object, request_id: str | None, message_id: str | None) -> GenRequest:
+    echo = {"requestId": request_id, "messageId": message_id}
+    if not isinstance(payload, dict):
+        raise ProtocolError("invalid_payload", "REQUEST needs a 'payload' object: {appId, message}", **echo)
+    app_id, text = payload.get("appId"), payload.get("message")
+    if not isinstance(app_id, str) or not isinstance(text, str):
+        raise ProtocolError("invalid_payload", "payload.appId and payload.message must be strings", **echo)
+    multitask = payload.get("multitask", Multitask.INTERRUPT.value)
+    if multitask not in {m.value for m in Multitask}:
+        raise ProtocolError("invalid_payload", "payload.multitask must be 'interrupt' or 'reject'", **echo)
+    return GenRequest(app_id, text, request_id, multitask=Multitask(multitask))
+
+
+def _optional_text(message: dict[str, Any], key: str, limit: int, **echo: str | None) -> str | None:
+    value = message.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise ProtocolError(f"invalid_{key.lower()}", f"{key} must be a string of 1-{limit} characters", **echo)
+    return value
+
+
+def _event_message(event: LoggedEvent, request_id_json: bytes, message_id: str | None) -> str | None:
+    """EVENT for a run event, or the terminal message; None for events sockets do not carry."""
+    if not event.wire:
+        return None  # a chat run's chunk without text
+    data = event.data_json()
+    terminal = _TERMINAL.get(event.kind)
+    if terminal is not None:
+        echo = _encoder.encode(message_id)
+        return (
+            f'{{"type":"{terminal}","requestId":{request_id_json.decode()},"messageId":{echo.decode()},'
+            f'"seq":{event.seq},"data":{data.decode()}}}'
+        )
+    return (
+        f'{{"type":"EVENT","requestId":{request_id_json.decode()},"event":"{event.sse_name}",'
+        f'"seq":{event.seq},"data":{data.decode()}}}'
+    )
+
+
+def _error(code: str, message: str, **echo: str | None) -> str:
+    body: dict[str, Any] = {"type": "ERROR", "code": code, "message": message}
+    body |= {key: value for key, value in echo.items() if value is not None}
+    return _encoder.encode(body).decode()

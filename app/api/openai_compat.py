@@ -1,0 +1,175 @@
+"""The OpenAI-compatible API under /v1: chat completions (relayed, interruptible), models, interrupt.
+
+Clients authenticate with their Runforge token as the API key; the upstream key never leaves
+the server. Errors take OpenAI's shape (app/proxy/errors.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, Router, get, post
+from litestar.exceptions import HTTPException
+from litestar.handlers import asgi
+from litestar.params import JSONBody
+from litestar.status_codes import HTTP_200_OK
+from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
+
+from app.api.deps import CurrentUser, ServicesDep, bearer_token, check_run_owner
+from app.api.proxy_relay import AsgiReply, relay
+from app.control.cancel import StopReason
+from app.control.manager import RunRequest
+from app.control.run import CancelOutcome, Run, RunKind
+from app.errors import AppError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from app.llm.client import UpstreamError
+from app.proxy import ChatExchange, parse_proxy_request, run_chat
+from app.proxy.errors import openai_error, upstream_failure
+from app.services import Services
+from app.store.models import User
+
+# Chat requests carry whole conversations (and sometimes images): larger than other bodies.
+MAX_CHAT_BODY_BYTES = 8 * 1024 * 1024
+
+
+class InterruptRequest(msgspec.Struct):
+    requestId: str | None = None
+    messageId: str | None = None
+
+
+@asgi("/chat/completions", copy_scope=False)
+async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    services: Services = Litestar.from_scope(scope).state.services
+    try:
+        run, exchange = await _start(services, scope, receive)
+    except AppError as exc:
+        await AsgiReply(send, _header(scope, b"x-request-id") or "").json(
+            exc.status, msgspec.json.encode(openai_error(exc.status, exc.code, exc.message))
+        )
+        return
+    await relay(run, exchange, receive, send)
+
+
+async def _start(services: Services, scope: Scope, receive: Receive) -> tuple[Run, ChatExchange]:
+    if scope.get("method") != "POST":
+        raise MethodNotAllowed("use POST /v1/chat/completions")
+    user = await _authenticate(services, Request(scope))
+    raw = await _read_body(receive)
+    settings = services.settings
+    request = parse_proxy_request(raw, _header(scope, b"x-request-id"), settings.llm.model, settings.max_message_chars)
+    run_id = request.run_id or uuid.uuid4().hex
+    exchange = ChatExchange(request, run_id)
+    run = await services.manager.start(
+        RunRequest(
+            run_id=run_id,
+            app_id=None,
+            user_id=user.id,
+            message=request.summary,
+            workspace=None,
+            kind=RunKind.CHAT,
+            job=functools.partial(run_chat, llm=services.llm, exchange=exchange),
+        )
+    )
+    return run, exchange
+
+
+async def _authenticate(services: Services, request: Request[Any, Any, Any]) -> User:
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("send your Runforge token as the API key: 'Authorization: Bearer <token>'")
+    user = await services.user_for_token(token)
+    if user is None:
+        raise Unauthorized("the API key is not a valid Runforge token", code="invalid_api_key")
+    return user
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("the client left before sending its whole request", code="client_disconnect")
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        size += len(chunk)
+        if size > MAX_CHAT_BODY_BYTES:
+            raise PayloadTooLarge(f"the request body is larger than {MAX_CHAT_BODY_BYTES} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+@get("/models")
+async def list_models(services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+    return await services.llm.list_models()
+
+
+@post("/interrupt", status_code=HTTP_200_OK)
+async def interrupt(data: JSONBody[InterruptRequest], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+    request_id = _interrupt_target(data)
+    run = services.manager.get(request_id)
+    if run is None:
+        return await _interrupt_recorded(services, user, request_id)
+    check_run_owner(run.user_id, user, request_id)
+    outcome = run.cancel(StopReason.USER_STOP)
+    if outcome is CancelOutcome.TOO_LATE:
+        return _interrupt_answer(request_id, f"Request {request_id} had already finished", run.status.value)
+    return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", run.status.value)
+
+
+def _interrupt_target(data: InterruptRequest) -> str:
+    ids = {value for value in (data.requestId, data.messageId) if value}
+    if not ids:
+        raise BadRequest("name the request to interrupt: {'requestId': ...} or {'messageId': ...}", code="missing_id")
+    if len(ids) > 1:
+        raise BadRequest("'requestId' and 'messageId' name the same request: send one of them", code="ambiguous_id")
+    return ids.pop()
+
+
+async def _interrupt_recorded(services: Services, user: User, request_id: str) -> dict[str, Any]:
+    """A request this server no longer holds in memory: answer from its record."""
+    row = await services.runs.get(request_id)
+    if row is None:
+        raise NotFound(f"no request {request_id!r}: it never ran here or is unknown", code="request_not_found")
+    check_run_owner(row.user_id, user, request_id)
+    return _interrupt_answer(request_id, f"Request {request_id} had already finished", row.status)
+
+
+def _interrupt_answer(request_id: str, message: str, status: str) -> dict[str, Any]:
+    return {"message": message, "requestId": request_id, "status": status}
+
+
+def _app_error(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, Any]]:
+    return Response(openai_error(exc.status, exc.code, exc.message), status_code=exc.status)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    code = "invalid_request" if exc.status_code == 400 else "http_error"
+    return Response(openai_error(exc.status_code, code, exc.detail), status_code=exc.status_code)
+
+
+def _upstream_error(_: Request[Any, Any, Any], exc: UpstreamError) -> Response[dict[str, Any]]:
+    status, body = upstream_failure(exc, exc.code, exc.message)
+    return Response(body, status_code=status)
+
+
+V1_EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    AppError: _app_error,
+    UpstreamError: _upstream_error,
+    HTTPException: _http_error,
+}
+
+v1_router = Router(
+    path="/v1",
+    route_handlers=[chat_completions, list_models, interrupt],
+    exception_handlers=V1_EXCEPTION_HANDLERS,
+)

@@ -1,0 +1,149 @@
+"""Writing a chat run to its /v1 client over raw ASGI.
+
+The chat-completions route is a plain ASGI handler so that nothing sits between the client's
+socket and this code: no buffering, and ``http.disconnect`` is seen the moment it arrives (a
+watcher awaits ``receive()`` during the whole response, before the first token too). Every way
+the response can end without its last byte — the client closes, a send fails, a send blocks
+for SEND_TIMEOUT_S — stops the run, which closes the upstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import msgspec
+from litestar.types import Receive, Send
+
+from app.control.cancel import StopReason
+from app.control.events import Done, Failed, Interrupted, LoggedEvent
+from app.control.run import Run
+from app.proxy.errors import upstream_failure
+from app.proxy.exchange import DONE_FRAME, ChatExchange, error_frame
+
+SEND_TIMEOUT_S = 30.0
+
+_STREAM_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
+)
+
+
+class ClientGone(Exception):
+    """The client closed the connection, or stopped reading."""
+
+
+class AsgiReply:
+    """The send side of one response, with a send timeout and disconnects as ClientGone."""
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self._send = send
+        self._id_header = (b"x-request-id", request_id.encode())
+        self.started = False
+
+    async def start(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self._deliver({"type": "http.response.start", "status": status, "headers": [*headers, self._id_header]})
+
+    async def body(self, data: bytes, *, more: bool) -> None:
+        await self._deliver({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def json(self, status: int, body: bytes) -> None:
+        headers = ((b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()))
+        await self.start(status, headers)
+        await self.body(body, more=False)
+
+    async def _deliver(self, message: dict[str, object]) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await self._send(message)  # type: ignore[arg-type]
+        except (OSError, TimeoutError) as exc:  # uvicorn raises ClientDisconnected, an OSError
+            raise ClientGone from exc
+
+
+async def relay(run: Run, exchange: ChatExchange, receive: Receive, send: Send) -> None:
+    """Answer the client from the run, streaming or whole; a client that leaves stops the run."""
+    reply = AsgiReply(send, run.id)
+    watcher = asyncio.create_task(_stop_on_disconnect(receive, run), name=f"disconnect-watch:{run.id}")
+    answered = False
+    try:
+        if exchange.request.stream:
+            await _stream(run, exchange, reply)
+        else:
+            await _whole(run, exchange, reply)
+        answered = True
+    except ClientGone:
+        pass
+    finally:
+        if not answered:
+            run.cancel(StopReason.CLIENT_DISCONNECT)
+        watcher.cancel()
+        await asyncio.wait({watcher})
+
+
+async def _stop_on_disconnect(receive: Receive, run: Run) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    run.cancel(StopReason.CLIENT_DISCONNECT)  # a no-op once the run has ended
+
+
+async def _stream(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
+    """Relay each upstream event as it is logged; end the way the run ended.
+
+    The headers go out with the first event, not before: until then an upstream failure can
+    still be answered with the upstream's own status and error body.
+    """
+    async with contextlib.aclosing(run.log.follow()) as batches:
+        async for batch in batches:
+            data = b"".join(event.relay for event in batch)
+            if _ended(batch):
+                ending = _stream_ending(run, exchange, batch[-1], started=reply.started or bool(data))
+                if ending is None:
+                    await _answer_failure(run, exchange, reply)
+                    return
+                data += ending
+            if data:
+                if not reply.started:
+                    await reply.start(200, _STREAM_HEADERS)
+                await reply.body(data, more=True)
+    await reply.body(b"", more=False)
+
+
+def _stream_ending(run: Run, exchange: ChatExchange, last: LoggedEvent, *, started: bool) -> bytes | None:
+    """The bytes that end the stream; None for a failure that is still answerable as an error."""
+    if last.kind == Done.kind:
+        return DONE_FRAME
+    if last.kind == Interrupted.kind:
+        return exchange.closing_frames()  # a stopped stream ends like a complete one
+    if not started:
+        return None
+    error = run.error or Failed("internal", "the run failed")
+    return error_frame(error.code, error.message)
+
+
+async def _whole(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
+    """Non-streaming: wait for the run's end, then answer the whole (or partial) message."""
+    last_kind = ""
+    async with contextlib.aclosing(run.log.follow()) as batches:
+        async for batch in batches:
+            last_kind = batch[-1].kind
+    if last_kind in (Done.kind, Interrupted.kind):
+        await reply.json(200, exchange.completion())
+    else:
+        await _answer_failure(run, exchange, reply)
+
+
+async def _answer_failure(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
+    error = run.error or Failed("internal", "the run failed")
+    status, body = upstream_failure(exchange.upstream_error, error.code, error.message)
+    await reply.json(status, _encode(body))
+
+
+def _ended(batch: list[LoggedEvent]) -> bool:
+    return batch[-1].kind in (Done.kind, Interrupted.kind, Failed.kind)
+
+
+def _encode(body: object) -> bytes:
+    return msgspec.json.encode(body)
