@@ -23,8 +23,6 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from app.store.models import Base
-
 SQLITE_BUSY_TIMEOUT_MS = 5000
 READ_ONLY_OPTION = "runforge_read_only"
 
@@ -53,12 +51,17 @@ class Database:
         return {"pool_pre_ping": True}
 
     async def create_schema(self) -> None:
+        """Create the schema, or upgrade an existing database to it (app/store/schema.py)."""
+        # Imported here: Alembic takes ~130 ms to import, which CLI commands that never open
+        # the database (`runforge run`, `templates`) should not pay.
+        from app.store.schema import upgrade_schema
+
         if self.is_sqlite:
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(upgrade_schema)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
