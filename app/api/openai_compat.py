@@ -121,9 +121,10 @@ async def interrupt(data: JSONBody[InterruptRequest], services: ServicesDep, use
         return await _interrupt_recorded(services, user, request_id)
     check_run_owner(run.user_id, user, request_id)
     outcome = run.cancel(StopReason.USER_STOP)
-    if outcome is CancelOutcome.TOO_LATE:
-        return _interrupt_answer(request_id, f"Request {request_id} had already finished", run.status.value)
-    return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", run.status.value)
+    if outcome is CancelOutcome.STOPPING:
+        return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", run.status.value)
+    # Already stopped by an earlier interrupt, or completing/complete: nothing left to stop.
+    return _interrupt_answer(request_id, f"Request {request_id} had already finished", run.status.value)
 
 
 def _interrupt_target(data: InterruptRequest) -> str:

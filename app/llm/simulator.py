@@ -82,6 +82,8 @@ class RequestRecord:
     tool_names_offered: list[str]
     # The prompt as the model got it (cut to _RECORDED_PROMPT_CHARS), for tests of what a run sends.
     last_user_message: str = ""
+    # The request body's top-level fields (tests check what a proxy forwards).
+    fields: list[str] = field(default_factory=list)
     first_chunk_at: float | None = None
     chunks_sent: int = 0  # SSE events when streaming, response bodies otherwise
     disconnected_at: float | None = None
@@ -164,7 +166,7 @@ class Recorder:
 
     def _snapshot(self, run_id: str | None) -> list[RequestRecord]:
         return [
-            dataclasses.replace(record, tool_names_offered=list(record.tool_names_offered))
+            dataclasses.replace(record, tool_names_offered=list(record.tool_names_offered), fields=list(record.fields))
             for record in self._records.values()
             if run_id is None or record.run_id == run_id
         ]
@@ -551,6 +553,7 @@ class ChatRequest:
     messages: list[dict[str, Any]]
     tool_names: list[str]
     run_id: str | None
+    fields: list[str] = field(default_factory=list)
 
 
 _DIRECTIVE = re.compile(r"\[sim:(?P<name>[\w-]+)(?P<args>[^\]]*)\]")
@@ -584,6 +587,7 @@ def parse_chat_request(body: bytes, headers: Mapping[str, str], default_model: s
         messages=messages,
         tool_names=_tool_names(data.get("tools")),
         run_id=headers.get(RUN_ID_HEADER),
+        fields=sorted(data),
     )
 
 
@@ -908,6 +912,7 @@ class SimulatorApp:
             tool_results_seen=tool_results,
             tool_names_offered=job.request.tool_names,
             last_user_message=_last_user_text(job.request.messages)[:_RECORDED_PROMPT_CHARS],
+            fields=list(job.request.fields),
         )
 
 
@@ -1003,15 +1008,13 @@ async def _answer_stream(exchange: _Exchange, job: _Job) -> None:
     if job.reply.first_token_delay_s:
         await asyncio.sleep(job.reply.first_token_delay_s)
     writer = _EventWriter(exchange, job.pace_s)
-    tokens = 0
-    for delta in deltas(job.reply, job.step):
+    for sent, delta in enumerate(deltas(job.reply, job.step)):
         fault = job.reply.fault
-        if fault and tokens == fault.after and not await _inject_fault(writer, fault):
+        if fault and sent == fault.after and not await _inject_fault(writer, fault):
             return
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
         await writer.event(job.envelope.chunk([choice]))
-        tokens += 1
-    await _finish_stream(writer, job, tokens)
+    await _finish_stream(writer, job, generated_tokens(job.reply, job.step))
 
 
 async def _inject_fault(writer: _EventWriter, fault: Fault) -> bool:
@@ -1036,16 +1039,26 @@ async def _finish_stream(writer: _EventWriter, job: _Job, tokens: int) -> None:
 async def _answer_whole(exchange: _Exchange, job: _Job) -> None:
     """Non-streaming: the same content, after the same total delay, in one body."""
     reply = job.reply
-    tokens = sum(1 for _ in deltas(reply, job.step))
+    chunks = sum(1 for _ in deltas(reply, job.step))
     if reply.fault:
-        tokens = reply.fault.after
-    await asyncio.sleep(reply.first_token_delay_s + tokens * job.pace_s)
+        chunks = reply.fault.after
+    await asyncio.sleep(reply.first_token_delay_s + chunks * job.pace_s)
     if reply.fault and reply.fault.kind == "error":
         await exchange.json(500, _error_body("simulated upstream failure", "server_error", "sim_error"))
     elif reply.fault:
         await exchange.json(200, b"{not json")
     else:
-        await exchange.json(200, job.envelope.completion(reply, job.step, _usage(job.request, tokens)))
+        usage = _usage(job.request, generated_tokens(reply, job.step))
+        await exchange.json(200, job.envelope.completion(reply, job.step, usage))
+
+
+def generated_tokens(reply: Reply, step: int) -> int:
+    """Completion tokens: the deltas that carry text or tool arguments (not the role chunk)."""
+    return sum(1 for delta in deltas(reply, step) if delta.get("content") or _has_arguments(delta))
+
+
+def _has_arguments(delta: dict[str, Any]) -> bool:
+    return any(call.get("function", {}).get("arguments") for call in delta.get("tool_calls", ()))
 
 
 # --------------------------------------------------------------------------- the server
