@@ -100,14 +100,12 @@ class AgentSession:
                 await self.send(_error(exc.code, exc.message, **exc.echo))
 
     async def close(self) -> None:
-        """The socket is gone: stop the starts in progress, then every run it started."""
-        starting = list(self._tasks)
-        for task in starting:
+        """The socket is gone: end every request's task; each one stops its run as it ends."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        if starting:
-            await asyncio.wait(starting)
-        for run, _ in self._runs.values():
-            run.cancel(StopReason.CLIENT_DISCONNECT)
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def send(self, text: str) -> None:
         async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
@@ -190,10 +188,13 @@ class AgentSession:
             await self.send(_encoder.encode({"type": "ACK", "requestId": request_id, "messageId": message_id}).decode())
             await self._forward(run, request_id, message_id)
         except (OSError, TimeoutError, WebSocketDisconnect):
-            # The socket is gone or the client stopped reading: nobody follows this run any more.
-            run.cancel(StopReason.CLIENT_DISCONNECT)
+            pass  # the socket is gone, or the client stopped reading: the run stops below
         finally:
             del self._runs[request_id]
+            # However this task ends before the run's terminal message (the socket closed and
+            # close() cancelled it, a send failed), nobody follows the run any more: stop it.
+            # After the terminal message this is a no-op.
+            run.cancel(StopReason.CLIENT_DISCONNECT)
 
     async def _forward(self, run: Run, request_id: str, message_id: str | None) -> None:
         prefix = _encoder.encode(request_id)
