@@ -47,6 +47,8 @@ class RunRequest:
     kind: RunKind = RunKind.CODE
     # The run's work; None means the manager's default job (code generation).
     job: Job | None = None
+    # Launch the run while its row is being written, instead of after (see _launch_then_insert).
+    insert_in_parallel: bool = False
 
 
 class RunStore(RunRecorder, Protocol):
@@ -69,6 +71,8 @@ class RunManager:
         self._app_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Run ids being started: taken synchronously, so two starts cannot both claim one.
         self._reserved: set[str] = set()
+        # Runs stopped because their row could not be written: never retained for lookups.
+        self._abandoned: set[str] = set()
         self._closing = False
 
     # -- queries ---------------------------------------------------------------------------
@@ -195,17 +199,48 @@ class RunManager:
         self._active[run.id] = run
         if run.app_id is not None:
             self._active_by_app[run.app_id] = run
+        job = request.job or self._job
+        if request.insert_in_parallel:
+            return await self._launch_then_insert(run, job)
         try:
             await self._store.insert_run(run)
         except BaseException:
             self._forget(run)
             raise
+        self._launch(run, job, self._store)
+        return run
+
+    async def _launch_then_insert(self, run: Run, job: Job) -> Run:
+        """Start the run while its row is written: its upstream request does not wait for it.
+
+        A /v1 request's time to first byte would otherwise include the insert (~1 ms on
+        SQLite, measured), twice the proxy's whole budget. The run records its outcome only
+        once the row exists. If the insert fails (an id used long ago, the database down) or
+        the caller is cancelled meanwhile, the run is stopped and forgotten, and start() raises:
+        the caller answers with an error, and nothing of the run stays findable.
+        """
+        inserted = asyncio.ensure_future(self._store.insert_run(run))
+        self._launch(run, job, _RecordAfterInsert(self._store, inserted))
+        try:
+            await asyncio.shield(inserted)
+        except BaseException:
+            self._abandon(run)
+            raise
+        return run
+
+    def _launch(self, run: Run, job: Job, recorder: RunRecorder) -> None:
         if self._closing:
             run.cancel(StopReason.SHUTDOWN)
-        task = run.start(request.job or self._job, self._store)
+        task = run.start(job, recorder)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._on_done(run, t))
-        return run
+
+    def _abandon(self, run: Run) -> None:
+        # Nobody follows this run: the reason is only what its row says if the insert still
+        # lands (the caller was cancelled), and then it is true: the client is gone.
+        run.cancel(StopReason.CLIENT_DISCONNECT)
+        self._abandoned.add(run.id)
+        self._forget(run)
 
     def _forget(self, run: Run) -> None:
         self._active.pop(run.id, None)
@@ -215,6 +250,9 @@ class RunManager:
     def _on_done(self, run: Run, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._forget(run)
+        if run.id in self._abandoned:
+            self._abandoned.discard(run.id)
+            return
         self._finished[run.id] = (time.monotonic(), run)
         self._prune()
 
@@ -225,3 +263,29 @@ class RunManager:
             if finished_at > horizon:
                 break
             del self._finished[run_id]
+
+
+class _RecordAfterInsert:
+    """A run's recorder that writes its outcome only once its row exists (none if it never will)."""
+
+    def __init__(self, store: RunRecorder, inserted: asyncio.Future[None]) -> None:
+        self._store = store
+        self._inserted = inserted
+
+    async def _row_exists(self) -> bool:
+        await asyncio.wait({self._inserted})
+        return not self._inserted.cancelled() and self._inserted.exception() is None
+
+    async def record_completed(self, run: Run) -> None:
+        if not await self._row_exists():
+            # The caller was told the run failed to start; its turn must not look saved.
+            raise RuntimeError(f"run {run.id} has no row to record its completion in")
+        await self._store.record_completed(run)
+
+    async def record_interrupted(self, run: Run) -> None:
+        if await self._row_exists():
+            await self._store.record_interrupted(run)
+
+    async def record_failed(self, run: Run) -> None:
+        if await self._row_exists():
+            await self._store.record_failed(run)

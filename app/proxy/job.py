@@ -16,7 +16,7 @@ from app.proxy.exchange import ChatExchange, sse_frame
 
 async def run_chat(run: Run, *, llm: LLMClient, exchange: ChatExchange) -> Completion:
     try:
-        async with llm.open_stream(exchange.request.upstream_body, run.id) as frames:
+        async with llm.open_relay(exchange.request.upstream_body, run.id) as frames:
             async for data, chunk in frames:
                 text = exchange.add(chunk)
                 if not exchange.is_usage_only(chunk):
