@@ -392,3 +392,27 @@ async def test_auth_method_size_and_reused_ids(server: ServerThread, client: htt
     assert second.status_code == 409
     assert second.json()["error"]["code"] == "run_id_taken"
     assert (await client.get("/healthz")).status_code == 200  # still serving
+
+
+async def test_an_id_used_long_ago_is_refused_and_the_old_run_stays(tmp_path: Path, settings: Settings) -> None:
+    """The run is launched while its row is written; when the insert finds the id taken (the old
+    run is no longer in memory), the new run is stopped and forgotten, and the client gets 409."""
+    server = ServerThread(settings.with_overrides(finished_run_ttl_s=0.0)).start()
+    try:
+        headers = {"Authorization": f"Bearer {server.add_user('u')}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=HANG_TIMEOUT_S) as http:
+            body = {"messages": user("[sim:long_text tokens=3]"), "requestId": "old"}
+            assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+            await wait_for_status(http, "old", "completed")
+            again = await http.post("/v1/chat/completions", json={**body, "messages": user(LONG)})
+            assert again.status_code == 409
+            assert again.json()["error"]["code"] == "run_id_taken"
+            run = (await http.get("/runs/old")).json()
+            assert run["status"] == "completed"  # the old run, not the refused one
+            # The refused run's upstream request, if it went out, was closed at once.
+            records = server.simulator.recorder.records("old")
+            assert all(r.chunks_sent < 3000 for r in records)
+            await server.sim_records("old", lambda rs: all(not r.is_open for r in rs))
+            assert server.services.manager.active_count == 0
+    finally:
+        server.stop()
