@@ -70,7 +70,7 @@ async def _start(services: Services, scope: Scope, receive: Receive) -> tuple[Ru
             workspace=None,
             kind=RunKind.CHAT,
             job=functools.partial(run_chat, llm=services.llm, exchange=exchange),
-            insert_in_parallel=True,  # the upstream request goes out at once
+            deferred_insert=True,  # the upstream request goes out first; the row follows
         )
     )
     return run, exchange

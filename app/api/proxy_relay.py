@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from litestar.types import Receive, Send
@@ -19,7 +20,7 @@ from litestar.types import Receive, Send
 from app.control.cancel import StopReason
 from app.control.events import Done, Failed, Interrupted, LoggedEvent
 from app.control.run import Run
-from app.proxy.errors import upstream_failure
+from app.proxy.errors import openai_error, upstream_failure
 from app.proxy.exchange import DONE_FRAME, ChatExchange, error_frame
 
 SEND_TIMEOUT_S = 30.0
@@ -113,14 +114,16 @@ async def _stream(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
 
 def _stream_ending(run: Run, exchange: ChatExchange, last: LoggedEvent, *, started: bool) -> bytes | None:
     """The bytes that end the stream; None for a failure that is still answerable as an error."""
-    if last.kind == Done.kind:
-        return DONE_FRAME
-    if last.kind == Interrupted.kind:
-        return exchange.closing_frames()  # a stopped stream ends like a complete one
+    if run.rejection is None:
+        if last.kind == Done.kind:
+            return DONE_FRAME
+        if last.kind == Interrupted.kind:
+            return exchange.closing_frames()  # a stopped stream ends like a complete one
     if not started:
         return None
-    error = run.error or Failed("internal", "the run failed")
-    return error_frame(error.code, error.message)
+    status, body = _failure(run, exchange)
+    error: dict[str, Any] = body["error"]  # an OpenAI-shaped error body, ours or the upstream's
+    return error_frame(str(error.get("code") or "upstream_error"), str(error.get("message") or f"HTTP {status}"))
 
 
 async def _whole(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
@@ -129,16 +132,23 @@ async def _whole(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
     async with contextlib.aclosing(run.log.follow()) as batches:
         async for batch in batches:
             last_kind = batch[-1].kind
-    if last_kind in (Done.kind, Interrupted.kind):
+    if last_kind in (Done.kind, Interrupted.kind) and run.rejection is None:
         await reply.json(200, exchange.completion())
     else:
         await _answer_failure(run, exchange, reply)
 
 
 async def _answer_failure(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
-    error = run.error or Failed("internal", "the run failed")
-    status, body = upstream_failure(exchange.upstream_error, error.code, error.message)
+    status, body = _failure(run, exchange)
     await reply.json(status, _encode(body))
+
+
+def _failure(run: Run, exchange: ChatExchange) -> tuple[int, dict[str, Any]]:
+    """Why the run did not answer: refused after its start, or failed (upstream or not)."""
+    if run.rejection is not None:
+        return run.rejection.status, openai_error(run.rejection.status, run.rejection.code, run.rejection.message)
+    error = run.error or Failed("internal", "the run failed")
+    return upstream_failure(exchange.upstream_error, error.code, error.message)
 
 
 def _ended(batch: list[LoggedEvent]) -> bool:

@@ -34,6 +34,8 @@ class StopReason(StrEnum):
     CLIENT_DISCONNECT = "client_disconnect"
     SUPERSEDED = "superseded"
     SHUTDOWN = "shutdown"
+    # The run could not be recorded (its id belongs to an older run): see RunManager._reject.
+    REJECTED = "rejected"
 
 
 class StopMode(StrEnum):

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from app.control.cancel import StopReason
 from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder
-from app.errors import Conflict
+from app.errors import AppError, Conflict
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class RunRequest:
     kind: RunKind = RunKind.CODE
     # The run's work; None means the manager's default job (code generation).
     job: Job | None = None
-    # Launch the run while its row is being written, instead of after (see _launch_then_insert).
-    insert_in_parallel: bool = False
+    # Launch the run first and write its row after its first event (see _launch_then_insert).
+    deferred_insert: bool = False
 
 
 class RunStore(RunRecorder, Protocol):
@@ -71,7 +71,7 @@ class RunManager:
         self._app_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Run ids being started: taken synchronously, so two starts cannot both claim one.
         self._reserved: set[str] = set()
-        # Runs stopped because their row could not be written: never retained for lookups.
+        # Runs rejected because their row could not be written: never retained for lookups.
         self._abandoned: set[str] = set()
         self._closing = False
 
@@ -200,8 +200,8 @@ class RunManager:
         if run.app_id is not None:
             self._active_by_app[run.app_id] = run
         job = request.job or self._job
-        if request.insert_in_parallel:
-            return await self._launch_then_insert(run, job)
+        if request.deferred_insert:
+            return self._launch_then_insert(run, job)
         try:
             await self._store.insert_run(run)
         except BaseException:
@@ -210,23 +210,45 @@ class RunManager:
         self._launch(run, job, self._store)
         return run
 
-    async def _launch_then_insert(self, run: Run, job: Job) -> Run:
-        """Start the run while its row is written: its upstream request does not wait for it.
+    def _launch_then_insert(self, run: Run, job: Job) -> Run:
+        """Start the run now and write its row once it has produced its first event.
 
-        A /v1 request's time to first byte would otherwise include the insert (~1 ms on
-        SQLite, measured), twice the proxy's whole budget. The run records its outcome only
-        once the row exists. If the insert fails (an id used long ago, the database down) or
-        the caller is cancelled meanwhile, the run is stopped and forgotten, and start() raises:
-        the caller answers with an error, and nothing of the run stays findable.
+        A /v1 request's time to first byte must not include the insert: measured here, one
+        insert costs ~1 ms of event-loop CPU (SQLAlchemy's async session, the driver's thread
+        hand-offs) against a 2 ms budget for the whole proxy. So the run goes first, and the
+        row follows once the run's first event (its first chunk, or its end) is in the log.
+        The run records its outcome only after that. If the insert fails (an id used by a run
+        no longer in memory, the database down), the run is stopped with reason ``rejected``
+        and the error kept on it (``run.rejection``) for its caller to answer with; nothing of
+        it stays findable here.
         """
-        inserted = asyncio.ensure_future(self._store.insert_run(run))
-        self._launch(run, job, _RecordAfterInsert(self._store, inserted))
-        try:
-            await asyncio.shield(inserted)
-        except BaseException:
-            self._abandon(run)
-            raise
+        recorder = _RecordAfterInsert(self._store)
+        self._launch(run, job, recorder)
+        insert = asyncio.create_task(self._insert_after_first_event(run, recorder), name=f"insert:{run.id}")
+        self._tasks.add(insert)
+        insert.add_done_callback(self._tasks.discard)
         return run
+
+    async def _insert_after_first_event(self, run: Run, recorder: _RecordAfterInsert) -> None:
+        try:
+            async with contextlib.aclosing(run.log.follow(after_seq=1)) as batches:
+                await anext(batches, None)
+            await asyncio.sleep(0)  # the followers woken by the same event send it first
+            await recorder.insert(run)
+        except AppError as exc:
+            self._reject(run, exc)
+        except Exception:
+            log.exception("could not write the run's row", extra={"run_id": run.id})
+            self._reject(run, Conflict("the run could not be recorded", code="persist_failed"))
+        finally:
+            recorder.give_up()  # cancelled (shutdown) before the insert: the run must still end
+
+    def _reject(self, run: Run, error: AppError) -> None:
+        run.rejection = error
+        run.cancel(StopReason.REJECTED)
+        self._forget(run)
+        if self._finished.pop(run.id, None) is None:
+            self._abandoned.add(run.id)  # still running: _on_done must not retain it either
 
     def _launch(self, run: Run, job: Job, recorder: RunRecorder) -> None:
         if self._closing:
@@ -234,13 +256,6 @@ class RunManager:
         task = run.start(job, recorder)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._on_done(run, t))
-
-    def _abandon(self, run: Run) -> None:
-        # Nobody follows this run: the reason is only what its row says if the insert still
-        # lands (the caller was cancelled), and then it is true: the client is gone.
-        run.cancel(StopReason.CLIENT_DISCONNECT)
-        self._abandoned.add(run.id)
-        self._forget(run)
 
     def _forget(self, run: Run) -> None:
         self._active.pop(run.id, None)
@@ -268,13 +283,25 @@ class RunManager:
 class _RecordAfterInsert:
     """A run's recorder that writes its outcome only once its row exists (none if it never will)."""
 
-    def __init__(self, store: RunRecorder, inserted: asyncio.Future[None]) -> None:
+    def __init__(self, store: RunStore) -> None:
         self._store = store
-        self._inserted = inserted
+        self._inserted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def insert(self, run: Run) -> None:
+        try:
+            await self._store.insert_run(run)
+        except BaseException:
+            self.give_up()
+            raise
+        self._inserted.set_result(True)
+
+    def give_up(self) -> None:
+        """No row will be written: outcomes are not recorded (a no-op once settled)."""
+        if not self._inserted.done():
+            self._inserted.set_result(False)
 
     async def _row_exists(self) -> bool:
-        await asyncio.wait({self._inserted})
-        return not self._inserted.cancelled() and self._inserted.exception() is None
+        return await asyncio.shield(self._inserted)
 
     async def record_completed(self, run: Run) -> None:
         if not await self._row_exists():

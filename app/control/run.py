@@ -38,6 +38,7 @@ from app.control.events import (
     log_event,
 )
 from app.control.outcomes import Completion, Published, RunFailed
+from app.errors import AppError
 from app.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,8 @@ class Run:
         # Set by the agent once it knows the checkpoint the run started from.
         self.rollback: Callable[[], Awaitable[None]] | None = None
         self.rolled_back = False
+        # Why the manager refused the run after starting it (reason REJECTED), for its caller.
+        self.rejection: AppError | None = None
         # True while a tool call executes: an after_step stop waits for it.
         self.tool_in_progress = False
         self._deferred_stop: StopReason | None = None
