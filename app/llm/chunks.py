@@ -8,6 +8,7 @@ request (auth, retries, status errors), and this module reads the body's SSE lin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -86,6 +87,10 @@ class TruncatedStream(StreamProblem):
     code = "upstream_truncated"
 
 
+# What may follow `[DONE]` before the body ends (see _read_to_end).
+DRAIN_TIMEOUT_S = 0.5
+DRAIN_MAX_BYTES = 64 * 1024
+
 _decoder = msgspec.json.Decoder(Chunk)
 DONE = b"[DONE]"
 _END = (DONE, Chunk())  # returned by _feed for `data: [DONE]`; compared by identity
@@ -115,6 +120,7 @@ async def iter_frames(body: AsyncIterator[bytes]) -> AsyncGenerator[tuple[bytes,
         for line in lines:
             frame = _feed(line.rstrip(b"\r"), data)
             if frame is _END:
+                await _read_to_end(body)
                 return
             if frame is not None:
                 finished = finished or _finishes(frame[1])
@@ -129,6 +135,23 @@ async def iter_frames(body: AsyncIterator[bytes]) -> AsyncGenerator[tuple[bytes,
         yield frame
     if not finished:
         raise TruncatedStream("the model's stream ended before the answer was complete")
+
+
+async def _read_to_end(body: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (normally just the end of the chunked body).
+
+    An HTTP connection whose response was not read to its end is closed instead of going back
+    to the pool: measured here, every upstream request then paid a new TCP connection, ~0.7 ms
+    before the provider even saw it. Bounded, so a provider that keeps the body open after
+    `[DONE]` costs at most DRAIN_TIMEOUT_S (and then its connection).
+    """
+    with contextlib.suppress(TimeoutError, StopAsyncIteration):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            extra = 0
+            async for piece in body:
+                extra += len(piece)
+                if extra > DRAIN_MAX_BYTES:
+                    return
 
 
 def _finishes(chunk: Chunk) -> bool:

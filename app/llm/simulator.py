@@ -84,6 +84,8 @@ class RequestRecord:
     last_user_message: str = ""
     # The request body's top-level fields (tests check what a proxy forwards).
     fields: list[str] = field(default_factory=list)
+    # The client's source port: equal for two requests means one pooled connection.
+    client_port: int | None = None
     first_chunk_at: float | None = None
     chunks_sent: int = 0  # SSE events when streaming, response bodies otherwise
     disconnected_at: float | None = None
@@ -883,7 +885,8 @@ class SimulatorApp:
             error = _error_body(exc.message, "invalid_request_error", exc.code)
             await _send_json(send, exc.status, error)
             return
-        exchange = _Exchange(send, self.recorder, self.recorder.add(self._record(job, started_at)))
+        record = dataclasses.replace(self._record(job, started_at), client_port=_client_port(scope))
+        exchange = _Exchange(send, self.recorder, self.recorder.add(record))
         try:
             await _race_disconnect(receive, _answer(exchange, job), exchange)
         except BaseException as exc:
@@ -914,6 +917,11 @@ class SimulatorApp:
             last_user_message=_last_user_text(job.request.messages)[:_RECORDED_PROMPT_CHARS],
             fields=list(job.request.fields),
         )
+
+
+def _client_port(scope: Scope) -> int | None:
+    client = scope.get("client")
+    return int(client[1]) if client else None
 
 
 def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
