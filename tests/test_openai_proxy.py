@@ -300,6 +300,19 @@ async def test_disconnect_before_the_first_token_closes_the_upstream(
     assert run["stopReason"] == "client_disconnect"
 
 
+async def test_headers_come_when_the_upstream_accepts_before_its_first_token(
+    client: httpx.AsyncClient, server: ServerThread
+) -> None:
+    body = {"messages": user("[sim:slow_first_token delay=30]"), "stream": True, "requestId": "heads"}
+    async with asyncio.timeout(HANG_TIMEOUT_S), client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200  # the upstream has sent nothing but its headers
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert server.simulator.recorder.records("heads")[-1].chunks_sent == 0
+    records = await server.sim_records("heads", disconnected)  # closing after the headers stops it
+    assert records[-1].chunks_sent == 0
+    await wait_for_status(client, "heads", "interrupted")
+
+
 async def test_non_streaming_disconnect_mid_answer_closes_the_upstream(
     server: ServerThread, token: str, client: httpx.AsyncClient
 ) -> None:

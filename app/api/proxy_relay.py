@@ -18,7 +18,7 @@ import msgspec
 from litestar.types import Receive, Send
 
 from app.control.cancel import StopReason
-from app.control.events import Done, Failed, Interrupted, LoggedEvent
+from app.control.events import Done, Failed, Interrupted, LoggedEvent, UpstreamOpened
 from app.control.run import Run
 from app.proxy.errors import openai_error, upstream_failure
 from app.proxy.exchange import DONE_FRAME, ChatExchange, error_frame
@@ -93,21 +93,22 @@ async def _stop_on_disconnect(receive: Receive, run: Run) -> None:
 async def _stream(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
     """Relay each upstream event as it is logged; end the way the run ended.
 
-    The headers go out with the first event, not before: until then an upstream failure can
-    still be answered with the upstream's own status and error body.
+    The headers go out once the upstream has accepted the request (``upstream_opened``), not
+    before: until then an upstream failure can still be answered with its own status and body.
     """
     async with contextlib.aclosing(run.log.follow()) as batches:
         async for batch in batches:
             data = b"".join(event.relay for event in batch)
+            opened = reply.started or bool(data) or any(e.kind == UpstreamOpened.kind for e in batch)
             if _ended(batch):
-                ending = _stream_ending(run, exchange, batch[-1], started=reply.started or bool(data))
+                ending = _stream_ending(run, exchange, batch[-1], started=opened)
                 if ending is None:
                     await _answer_failure(run, exchange, reply)
                     return
                 data += ending
+            if opened and not reply.started:
+                await reply.start(200, _STREAM_HEADERS)
             if data:
-                if not reply.started:
-                    await reply.start(200, _STREAM_HEADERS)
                 await reply.body(data, more=True)
     await reply.body(b"", more=False)
 

@@ -132,6 +132,18 @@ class UpstreamChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamOpened:
+    """A chat run's upstream accepted the request (HTTP 200, an event stream): the /v1 client
+    gets its response headers now. Not shown to SSE or WebSocket followers."""
+
+    kind: ClassVar[str] = "upstream_opened"
+    terminal: ClassVar[bool] = False
+
+    def payload(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     kind: ClassVar[str] = "done"
     terminal: ClassVar[bool] = True
@@ -184,6 +196,7 @@ RunEvent = (
     | CodeBlock
     | BuildEvent
     | UpstreamChunk
+    | UpstreamOpened
     | Done
     | Interrupted
     | Failed
@@ -227,6 +240,8 @@ def log_event(run_id: str, seq: int, event: RunEvent) -> LoggedEvent:
     if isinstance(event, UpstreamChunk):
         wire = _sse_frame(run_id, seq, TextDelta.kind, event) if event.text else b""
         return LoggedEvent(seq, event.kind, wire, event.frame)
+    if isinstance(event, UpstreamOpened):
+        return LoggedEvent(seq, event.kind, b"")
     return LoggedEvent(seq, event.kind, _sse_frame(run_id, seq, event.kind, event))
 
 

@@ -211,12 +211,12 @@ class RunManager:
         return run
 
     def _launch_then_insert(self, run: Run, job: Job) -> Run:
-        """Start the run now and write its row once it has produced its first event.
+        """Start the run now and write its row once it has sent its first output.
 
         A /v1 request's time to first byte must not include the insert: measured here, one
         insert costs ~1 ms of event-loop CPU (SQLAlchemy's async session, the driver's thread
         hand-offs) against a 2 ms budget for the whole proxy. So the run goes first, and the
-        row follows once the run's first event (its first chunk, or its end) is in the log.
+        row follows once the run's first output (its first chunk, or its end) is in the log.
         The run records its outcome only after that. If the insert fails (an id used by a run
         no longer in memory, the database down), the run is stopped with reason ``rejected``
         and the error kept on it (``run.rejection``) for its caller to answer with; nothing of
@@ -231,8 +231,7 @@ class RunManager:
 
     async def _insert_after_first_event(self, run: Run, recorder: _RecordAfterInsert) -> None:
         try:
-            async with contextlib.aclosing(run.log.follow(after_seq=1)) as batches:
-                await anext(batches, None)
+            await _first_output(run)
             await asyncio.sleep(0)  # the followers woken by the same event send it first
             await recorder.insert(run)
         except AppError as exc:
@@ -278,6 +277,14 @@ class RunManager:
             if finished_at > horizon:
                 break
             del self._finished[run_id]
+
+
+async def _first_output(run: Run) -> None:
+    """Until the run has logged something a client receives (text, a relayed chunk, its end)."""
+    async with contextlib.aclosing(run.log.follow(after_seq=1)) as batches:
+        async for batch in batches:
+            if any(event.wire or event.relay for event in batch):
+                return
 
 
 class _RecordAfterInsert:

@@ -7,7 +7,7 @@ closes the upstream response, so the provider stops generating at once.
 
 from __future__ import annotations
 
-from app.control.events import UpstreamChunk
+from app.control.events import UpstreamChunk, UpstreamOpened
 from app.control.outcomes import Completion
 from app.control.run import Run
 from app.llm.client import LLMClient, UpstreamError
@@ -17,6 +17,7 @@ from app.proxy.exchange import ChatExchange, sse_frame
 async def run_chat(run: Run, *, llm: LLMClient, exchange: ChatExchange) -> Completion:
     try:
         async with llm.open_relay(exchange.request.upstream_body, run.id) as frames:
+            run.emit(UpstreamOpened())
             async for data, chunk in frames:
                 text = exchange.add(chunk)
                 if not exchange.is_usage_only(chunk):
