@@ -81,6 +81,7 @@ async def test_non_streaming_completion_is_whole_and_recorded(
     assert run["usage"] == {"promptTokens": completion.usage.prompt_tokens, "completionTokens": 12, "estimated": False}
     # The upstream was asked to stream (so the request stays interruptible), without Runforge's fields.
     (record,) = server.simulator.recorder.records("whole-1")
+    assert record.api_key == server.settings.llm.api_key  # Runforge's key, never the client's token
     assert record.stream is True
     assert "requestId" not in record.fields
     assert "messageId" not in record.fields
@@ -202,6 +203,25 @@ async def test_interrupted_raw_stream_ends_with_stop_and_done(client: httpx.Asyn
     assert finish["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
     assert finish["id"].startswith("chatcmpl-sim-")  # the same id as the relayed chunks
     await server.sim_records("int-raw", disconnected)
+
+
+async def test_every_stop_path_works_for_a_chat_run(client: httpx.AsyncClient, server: ServerThread) -> None:
+    for run_id, stop in (
+        ("via-chat-stop", lambda: client.post("/app/chat/stop", json={"runId": "via-chat-stop"})),
+        ("via-run-stop", lambda: client.post("/runs/via-run-stop/stop")),
+    ):
+        body = {"messages": user(LONG), "stream": True, "requestId": run_id}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            raw = b""
+            async with asyncio.timeout(HANG_TIMEOUT_S):
+                async for piece in response.aiter_bytes():
+                    if not raw:
+                        assert (await stop()).status_code == 202
+                    raw += piece
+        assert raw.endswith(b"data: [DONE]\n\n")
+        assert b'"finish_reason":"stop"' in raw
+        await server.sim_records(run_id, disconnected)
+        assert (await wait_for_status(client, run_id, "interrupted"))["stopReason"] == "user_stop"
 
 
 async def test_non_streaming_interrupt_answers_the_partial_message(

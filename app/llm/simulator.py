@@ -86,6 +86,8 @@ class RequestRecord:
     fields: list[str] = field(default_factory=list)
     # The client's source port: equal for two requests means one pooled connection.
     client_port: int | None = None
+    # The bearer token the request carried (a proxy must send its own key, not its client's).
+    api_key: str | None = None
     first_chunk_at: float | None = None
     chunks_sent: int = 0  # SSE events when streaming, response bodies otherwise
     disconnected_at: float | None = None
@@ -885,7 +887,9 @@ class SimulatorApp:
             error = _error_body(exc.message, "invalid_request_error", exc.code)
             await _send_json(send, exc.status, error)
             return
-        record = dataclasses.replace(self._record(job, started_at), client_port=_client_port(scope))
+        record = dataclasses.replace(
+            self._record(job, started_at), client_port=_client_port(scope), api_key=_bearer(scope)
+        )
         exchange = _Exchange(send, self.recorder, self.recorder.add(record))
         try:
             await _race_disconnect(receive, _answer(exchange, job), exchange)
@@ -917,6 +921,13 @@ class SimulatorApp:
             last_user_message=_last_user_text(job.request.messages)[:_RECORDED_PROMPT_CHARS],
             fields=list(job.request.fields),
         )
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return str(value.decode("latin-1").removeprefix("Bearer "))
+    return None
 
 
 def _client_port(scope: Scope) -> int | None:
