@@ -31,6 +31,7 @@ test: lint
 bench: $(VENV)/.run-deps
 	$(BIN)/python bench/stop_latency.py
 	$(BIN)/python bench/codegen.py
+	$(BIN)/python bench/proxy_compare.py
 
 clean:
 	rm -rf $(VENV) runs/runforge.db* runs/workspaces
