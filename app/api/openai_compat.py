@@ -55,7 +55,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
 async def _start(services: Services, scope: Scope, receive: Receive) -> tuple[Run, ChatExchange]:
     if scope.get("method") != "POST":
         raise MethodNotAllowed("use POST /v1/chat/completions")
-    user = await _authenticate(services, Request(scope))
+    user = await _authenticate(services, scope)
     raw = await _read_body(receive)
     settings = services.settings
     request = parse_proxy_request(raw, _header(scope, b"x-request-id"), settings.llm.model, settings.max_message_chars)
@@ -76,8 +76,11 @@ async def _start(services: Services, scope: Scope, receive: Receive) -> tuple[Ru
     return run, exchange
 
 
-async def _authenticate(services: Services, request: Request[Any, Any, Any]) -> User:
-    token = bearer_token(request)
+async def _authenticate(services: Services, scope: Scope) -> User:
+    authorization = _header(scope, b"authorization") or ""
+    scheme, _, value = authorization.partition(" ")
+    # The API key, as OpenAI clients send it; else the sign-in cookie (browser apps).
+    token = value.strip() if scheme.lower() == "bearer" and value.strip() else bearer_token(Request(scope))
     if token is None:
         raise Unauthorized("send your Runforge token as the API key: 'Authorization: Bearer <token>'")
     user = await services.user_for_token(token)

@@ -23,7 +23,7 @@ class ProxyRequest:
     include_usage: bool  # the client asked for the final usage chunk
     model: str
     upstream_body: bytes  # always a streaming request, with usage (see parse_proxy_request)
-    prompt_chars: int  # size of the messages, for a local estimate of prompt tokens
+    prompt_chars: int  # size of the request, for a local estimate of prompt tokens
     summary: str  # the last user message, recorded on the run
 
 
@@ -55,7 +55,8 @@ def parse_proxy_request(raw: bytes, header_id: str | None, default_model: str, s
         include_usage=include_usage,
         model=model,
         upstream_body=_encoder.encode(upstream),
-        prompt_chars=len(_encoder.encode(messages)),
+        # The body's size stands in for the messages' (re-encoding them costs a copy per request).
+        prompt_chars=len(raw),
         summary=_last_user_text(messages)[:summary_chars],
     )
 
