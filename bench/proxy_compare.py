@@ -62,6 +62,7 @@ from stop_latency import (
     cpu_sample,
     cpu_seconds,
     launch,
+    loop_factory,
     machine_info,
     percentiles,
     stop_child,
@@ -1074,17 +1075,6 @@ def save(report: dict[str, Any], outcome: Outcome) -> Path:
 # --------------------------------------------------------------------------- main
 
 
-def loop_factory(cfg: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop, as the servers run on, unless --asyncio-loop: a cheaper client distorts less."""
-    if cfg.asyncio_loop:
-        return None
-    try:
-        import uvloop  # installed with uvicorn[standard]
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
     args = sys.argv[1:] if argv is None else list(argv)
@@ -1095,7 +1085,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     children: list[Child] = []
     try:
         stack = start_stack(cfg, work, children)
-        with asyncio.Runner(loop_factory=loop_factory(cfg)) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(cfg.asyncio_loop)) as runner:
             outcome = runner.run(stoppable(asyncio.wait_for(benchmark(cfg, stack), cfg.timeout)))
     except TimeoutError:
         print(f"proxy_compare: did not finish within --timeout {cfg.timeout:g} s", file=sys.stderr)

@@ -808,7 +808,7 @@ def build_report(cfg: Config, outcome: Outcome, machine: dict[str, Any]) -> dict
         "config": asdict(cfg) | {"text_tokens": cfg.text_tokens},
         "machine": machine,
         "processes": "simulator, server and benchmark client: 3 processes sharing the machine's CPUs",
-        "client_loop": "asyncio" if loop_factory(cfg) is None else "uvloop",
+        "client_loop": "asyncio" if loop_factory(cfg.asyncio_loop) is None else "uvloop",
         "latency_ms": {"a_stop_to_interrupted": a, "b_stop_to_upstream_closed": b},
         "target_p99_ms": TARGET_P99_MS,
         "target": {key: verdict(stats) for key, stats in (("a", a), ("b", b))},
@@ -959,10 +959,10 @@ async def stoppable(work: Awaitable[Outcome]) -> Outcome:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def loop_factory(cfg: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory(asyncio_loop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop (what uvicorn runs the server on) unless --asyncio-loop: the client shares the
     CPUs with what it measures, so the less it spends per event, the less it distorts."""
-    if cfg.asyncio_loop:
+    if asyncio_loop:
         return None
     try:
         import uvloop  # optional here; installed with uvicorn[standard]
@@ -984,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server, server_url, token = start_server(sim_url, work, children)
         pids = {"server": server.proc.pid, "simulator": sim.proc.pid, "client": os.getpid()}
         target = Target(server_url, token, sim_url, work / "data", pids)
-        with asyncio.Runner(loop_factory=loop_factory(cfg)) as runner:
+        with asyncio.Runner(loop_factory=loop_factory(cfg.asyncio_loop)) as runner:
             outcome = runner.run(stoppable(asyncio.wait_for(benchmark(cfg, target), cfg.timeout)))
     except TimeoutError:
         print(f"stop_latency: did not finish within --timeout {cfg.timeout:g} s", file=sys.stderr)
