@@ -171,7 +171,12 @@ def _print_banner(settings: Settings, port: int, token: str | None) -> None:
         llm = "embedded simulator (RUNFORGE_LLM_BASE_URL is not set): scripted answers, no real model"
     else:
         llm = f"{settings.llm.base_url} (model {settings.llm.model})"
-    lines = [f"Runforge listening on {url}", f"LLM: {llm}", f"Data: {settings.data_dir.resolve()}"]
+    lines = [
+        f"Runforge listening on {url}",
+        f"LLM: {llm}",
+        f"OpenAI-compatible API: {url}/v1 (API key: a Runforge token)",
+        f"Data: {settings.data_dir.resolve()}",
+    ]
     if token:
         lines.append(f"Login URL: {url}/?token={token}")
     else:
