@@ -60,6 +60,11 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class ServiceUnavailable(AppError):
+    status = 503
+    code = "unavailable"
+
+
 class PayloadTooLarge(AppError):
     status = 413
     code = "too_large"

@@ -51,6 +51,9 @@ class Agent:
                 await self.recv()
         return self.seen[start:]
 
+    def seen_of(self, kind: str) -> list[Message]:
+        return [m for m in self.seen if m["type"] == kind]
+
     def of(self, request_id: str) -> list[Message]:
         """The stream of one request: its ACK, EVENTs and terminal message."""
         return [m for m in self.seen if m.get("requestId") == request_id and m["type"] in STREAM]
@@ -289,7 +292,7 @@ async def test_malformed_messages_get_an_error_and_the_socket_stays_open(
         (json.dumps({"type": "REQUEST", "requestId": "r-nopayload"}), "invalid_payload", {"requestId": "r-nopayload"}),
         (json.dumps({"type": "REQUEST", "payload": {"appId": html_app}}), "invalid_payload", {}),
         (json.dumps({"type": "REQUEST", "requestId": "../x", "payload": payload}), "invalid_request_id", {}),
-        (json.dumps({"type": "REQUEST", "messageId": 7, "payload": payload}), "invalid_messageid", {}),
+        (json.dumps({"type": "REQUEST", "messageId": 7, "payload": payload}), "invalid_message_id", {}),
         (json.dumps({"type": "INTERRUPT"}), "invalid_message", {}),
         (json.dumps({"type": "INTERRUPT", "requestId": ""}), "invalid_message", {}),
         (
@@ -349,3 +352,35 @@ async def test_cookie_or_bearer_token_signs_in(server: ServerThread, token: str,
     async with agent(server, None, additional_headers=headers) as ws:
         await ws.request(html_app, "a page", requestId="r-cookie")
         assert_stream(await ws.until_terminal("r-cookie"), "r-cookie", None, "DONE")
+
+
+async def test_interrupt_sent_right_after_the_request_is_not_lost(
+    server: ServerThread, token: str, client: httpx.AsyncClient, app_id: str
+) -> None:
+    """REQUEST and INTERRUPT back to back: the run may not exist yet; it is stopped when it does."""
+    async with agent(server, token) as ws:
+        await ws.request(app_id, f"essay {FAST}", requestId="r-race")
+        await ws.interrupt("r-race")
+        stream = await ws.until_terminal("r-race")
+        await ws.until(lambda seen: any(m["type"] == "INTERRUPT_ACK" for m in seen))
+        (ack,) = ws.seen_of("INTERRUPT_ACK")
+        assert ack["status"] == "SUCCESS"
+        assert stream[0]["type"] == "ACK"
+        assert stream[-1]["type"] == "INTERRUPTED"
+        assert not [m for m in stream if is_text(m)]  # stopped before any text
+    run = await wait_for_status(client, "r-race", "interrupted")
+    assert run["stopReason"] == "user_stop"
+
+
+async def test_a_request_id_running_on_the_socket_is_refused_at_once(
+    server: ServerThread, token: str, app_id: str, html_app: str
+) -> None:
+    async with agent(server, token) as ws:
+        await ws.request(app_id, f"essay {FAST}", requestId="r-dup", messageId="first")
+        await ws.request(html_app, "a page", requestId="r-dup", messageId="second")
+        error = await ws.next_of_type("ERROR")
+        assert error["code"] == "request_id_in_use"
+        assert error["messageId"] == "second"
+        await ws.until_texts("r-dup", 2)  # the first request goes on
+        await ws.interrupt("r-dup")
+        assert (await ws.until_terminal("r-dup"))[-1]["type"] == "INTERRUPTED"

@@ -245,6 +245,29 @@ async def test_non_streaming_interrupt_answers_the_partial_message(
     assert run["usage"]["completionTokens"] == completion.usage.completion_tokens
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_interrupt_before_the_upstream_answers_still_ends_normally(
+    client: httpx.AsyncClient, server: ServerThread, stream: bool
+) -> None:
+    """Stopped while the upstream has not even sent its headers: no chunk was ever relayed."""
+    run_id = f"no-heads-{stream}"
+    body = {"messages": user("[sim:slow_headers delay=30]"), "stream": stream, "requestId": run_id}
+    waiting = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+    await server.sim_records(run_id, bool)
+    assert (await client.post("/v1/interrupt", json={"requestId": run_id})).status_code == 200
+    async with asyncio.timeout(HANG_TIMEOUT_S):
+        response = await waiting
+    assert response.status_code == 200
+    if stream:
+        events = [e for e in response.content.split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]"
+        assert json.loads(events[-2].removeprefix(b"data: "))["choices"][0]["finish_reason"] == "stop"
+    else:
+        assert response.json()["choices"][0]["finish_reason"] == "stop"
+        assert response.json()["choices"][0]["message"]["content"] is None
+    await server.sim_records(run_id, disconnected)
+
+
 async def test_interrupt_errors(
     oai: openai.AsyncOpenAI, client: httpx.AsyncClient, other_client: httpx.AsyncClient
 ) -> None:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -43,10 +44,17 @@ MAX_ACTIVE_PER_SOCKET = 32
 MAX_MESSAGE_ID_CHARS = 128
 # A client that cannot take a message within this time is treated as gone.
 SEND_TIMEOUT_S = 30.0
-UNAUTHORIZED_CLOSE = 4401  # an application close code: 4000 + the HTTP status
+UNAUTHORIZED_CLOSE = 4401
+TOO_SLOW_CLOSE = (
+    4408  # the client did not take a message within SEND_TIMEOUT_S  # an application close code: 4000 + the HTTP status
+)
 
 _TERMINAL = {Done.kind: "DONE", Interrupted.kind: "INTERRUPTED", Failed.kind: "FAILED"}
 _encoder = msgspec.json.Encoder()
+
+
+class ClientGone(Exception):
+    """A message could not be sent: the socket is closed, or the client stopped reading."""
 
 
 class ProtocolError(Exception):
@@ -69,8 +77,16 @@ async def agent_socket(socket: WebSocket[Any, Any, Any], services: ServicesDep) 
     session = AgentSession(services, user, socket.send_text)
     try:
         await session.serve(socket.receive)
+    except asyncio.CancelledError:
+        if not session.hung_up:
+            raise
+        _uncancel()  # the session cancelled its own loop: the client stopped taking messages
     finally:
         await session.close()
+    if session.hung_up:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await socket.close(code=TOO_SLOW_CLOSE, reason="not reading")
 
 
 async def _authenticate(socket: WebSocket[Any, Any, Any], services: Services) -> User | None:
@@ -87,9 +103,15 @@ class AgentSession:
         self._send_text = send_text
         self._send_lock = asyncio.Lock()  # one message at a time, whole, in order
         self._runs: dict[str, tuple[Run, str | None]] = {}  # requestId -> (run, messageId)
+        # REQUESTs whose run is being started: requestId -> the messageId and whether an
+        # INTERRUPT came meanwhile (a stop that races a run's creation is never lost).
+        self._starting: dict[str, _Starting] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving: asyncio.Task[Any] | None = None
+        self.hung_up = False
 
     async def serve(self, receive: Callable[[], Awaitable[Any]]) -> None:
+        self._serving = asyncio.current_task()
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
@@ -97,7 +119,9 @@ class AgentSession:
             try:
                 await self._dispatch(message.get("text"))
             except ProtocolError as exc:
-                await self.send(_error(exc.code, exc.message, **exc.echo))
+                await self._try_send(_error(exc.code, exc.message, **exc.echo))
+            except ClientGone:
+                return
 
     async def close(self) -> None:
         """The socket is gone: end every request's task; each one stops its run as it ends."""
@@ -108,8 +132,28 @@ class AgentSession:
             await asyncio.wait(tasks)
 
     async def send(self, text: str) -> None:
-        async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
-            await self._send_text(text)
+        """Send one message, or hang up on a client that cannot take it (ClientGone)."""
+        try:
+            async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+                await self._send_text(text)
+        except (OSError, TimeoutError, WebSocketDisconnect) as exc:
+            self._hang_up()
+            raise ClientGone from exc
+
+    async def _try_send(self, text: str) -> None:
+        with contextlib.suppress(ClientGone):
+            await self.send(text)
+
+    def _hang_up(self) -> None:
+        """A send failed: end the whole session, so every run of this socket stops.
+
+        Stopping only the request whose message failed would leave the others waiting on the
+        same dead client, 30 s each.
+        """
+        if not self.hung_up:
+            self.hung_up = True
+            if self._serving is not None and self._serving is not asyncio.current_task():
+                self._serving.cancel()
 
     # -- messages from the client ----------------------------------------------------------
 
@@ -140,7 +184,15 @@ class AgentSession:
             raise ProtocolError(
                 "too_many_requests", f"at most {MAX_ACTIVE_PER_SOCKET} requests run at once on one socket"
             )
+        if request_id in self._starting or request_id in self._runs:
+            raise ProtocolError(
+                "request_id_in_use",
+                f"request {request_id!r} is running on this socket",
+                requestId=request_id,
+                messageId=message_id,
+            )
         request_id = request_id or uuid.uuid4().hex
+        self._starting[request_id] = _Starting(message_id)
         task = asyncio.create_task(self._run_request(gen, request_id, message_id), name=f"ws-request:{request_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -159,6 +211,10 @@ class AgentSession:
         await self.send(_encoder.encode(ack).decode())
 
     async def _stop(self, request_id: str) -> tuple[str, str | None]:
+        starting = self._starting.get(request_id)
+        if starting is not None:
+            starting.interrupted = True  # its run stops the moment it exists
+            return "SUCCESS", None
         run = self._services.manager.get(request_id)
         if run is not None and run.user_id == self._user.id:
             outcome = run.cancel(StopReason.USER_STOP)
@@ -170,7 +226,9 @@ class AgentSession:
         return "NOT_FOUND", self._not_found_hint(request_id)
 
     def _not_found_hint(self, unknown_id: str) -> str:
-        for request_id, (_, message_id) in self._runs.items():
+        message_ids = {request_id: message_id for request_id, (_, message_id) in self._runs.items()}
+        message_ids |= {request_id: starting.message_id for request_id, starting in self._starting.items()}
+        for request_id, message_id in message_ids.items():
             if message_id == unknown_id:
                 return f"{unknown_id!r} is a messageId: interrupt by its requestId {request_id!r}"
         return f"no request {unknown_id!r}: INTERRUPT takes the requestId from the ACK"
@@ -181,14 +239,23 @@ class AgentSession:
         try:
             run = await start_code_run(self._services, self._user, gen, request_id)
         except AppError as exc:
-            await self.send(_error(exc.code, exc.message, requestId=request_id, messageId=message_id))
+            await self._try_send(_error(exc.code, exc.message, requestId=request_id, messageId=message_id))
             return
+        except Exception:
+            log.exception("could not start a run for the socket", extra={"run_id": request_id})
+            error = _error("internal", "the request could not be started", requestId=request_id, messageId=message_id)
+            await self._try_send(error)
+            return
+        finally:
+            starting = self._starting.pop(request_id)
         self._runs[request_id] = (run, message_id)
+        if starting.interrupted:
+            run.cancel(StopReason.USER_STOP)  # interrupted while starting: ACK, then INTERRUPTED
         try:
             await self.send(_encoder.encode({"type": "ACK", "requestId": request_id, "messageId": message_id}).decode())
             await self._forward(run, request_id, message_id)
-        except (OSError, TimeoutError, WebSocketDisconnect):
-            pass  # the socket is gone, or the client stopped reading: the run stops below
+        except ClientGone:
+            pass  # the session hangs up; the run stops below
         finally:
             del self._runs[request_id]
             # However this task ends before the run's terminal message (the socket closed and
@@ -206,6 +273,18 @@ class AgentSession:
                         await self.send(text)
 
 
+@dataclass(slots=True)
+class _Starting:
+    message_id: str | None
+    interrupted: bool = False
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
 def _gen_request(payload: object, request_id: str | None, message_id: str | None) -> GenRequest:
     echo = {"requestId": request_id, "messageId": message_id}
     if not isinstance(payload, dict):
@@ -219,12 +298,15 @@ def _gen_request(payload: object, request_id: str | None, message_id: str | None
     return GenRequest(app_id, text, request_id, multitask=Multitask(multitask))
 
 
+_INVALID_ID_CODES = {"requestId": "invalid_request_id", "messageId": "invalid_message_id"}
+
+
 def _optional_text(message: dict[str, Any], key: str, limit: int, **echo: str | None) -> str | None:
     value = message.get(key)
     if value is None:
         return None
     if not isinstance(value, str) or not 0 < len(value) <= limit:
-        raise ProtocolError(f"invalid_{key.lower()}", f"{key} must be a string of 1-{limit} characters", **echo)
+        raise ProtocolError(_INVALID_ID_CODES[key], f"{key} must be a string of 1-{limit} characters", **echo)
     return value
 
 

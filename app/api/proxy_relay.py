@@ -80,6 +80,7 @@ async def relay(run: Run, exchange: ChatExchange, receive: Receive, send: Send) 
     finally:
         if not answered:
             run.cancel(StopReason.CLIENT_DISCONNECT)
+        run.log.drop_relay()  # this response was their only reader, and the log is closed by now
         watcher.cancel()
         await asyncio.wait({watcher})
 
@@ -106,7 +107,7 @@ async def _stream(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
                     await _answer_failure(run, exchange, reply)
                     return
                 data += ending
-            if opened and not reply.started:
+            if (opened or data) and not reply.started:  # data: e.g. a stop before the upstream answered
                 await reply.start(200, _STREAM_HEADERS)
             if data:
                 await reply.body(data, more=True)

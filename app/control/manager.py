@@ -22,7 +22,7 @@ from typing import Protocol
 
 from app.control.cancel import StopReason
 from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder
-from app.errors import AppError, Conflict
+from app.errors import AppError, Conflict, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ class RunManager:
         self._app_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Run ids being started: taken synchronously, so two starts cannot both claim one.
         self._reserved: set[str] = set()
-        # Runs rejected because their row could not be written: never retained for lookups.
-        self._abandoned: set[str] = set()
+        # Runs rejected because their row could not be written, until their task has ended:
+        # never retained for lookups, and their id not reusable before then.
+        self._rejected: dict[str, Run] = {}
         self._closing = False
 
     # -- queries ---------------------------------------------------------------------------
@@ -168,7 +169,8 @@ class RunManager:
         return self._app_locks.setdefault(app_id, asyncio.Lock())
 
     def _reserve(self, run_id: str) -> None:
-        if run_id in self._reserved or run_id in self._active or run_id in self._finished:
+        # A rejected run still ending keeps its id too: its task must end before the id is free.
+        if run_id in self._reserved or run_id in self._active or run_id in self._finished or run_id in self._rejected:
             raise Conflict(f"run id {run_id!r} is already used", code="run_id_taken")
         self._reserved.add(run_id)
 
@@ -238,7 +240,7 @@ class RunManager:
             self._reject(run, exc)
         except Exception:
             log.exception("could not write the run's row", extra={"run_id": run.id})
-            self._reject(run, Conflict("the run could not be recorded", code="persist_failed"))
+            self._reject(run, ServiceUnavailable("the request could not be recorded; try again", code="persist_failed"))
         finally:
             recorder.give_up()  # cancelled (shutdown) before the insert: the run must still end
 
@@ -246,8 +248,11 @@ class RunManager:
         run.rejection = error
         run.cancel(StopReason.REJECTED)
         self._forget(run)
-        if self._finished.pop(run.id, None) is None:
-            self._abandoned.add(run.id)  # still running: _on_done must not retain it either
+        finished = self._finished.get(run.id)
+        if finished is not None and finished[1] is run:
+            del self._finished[run.id]  # its task has ended already
+        else:
+            self._rejected[run.id] = run  # still ending: _on_done must not retain it either
 
     def _launch(self, run: Run, job: Job, recorder: RunRecorder) -> None:
         if self._closing:
@@ -257,15 +262,17 @@ class RunManager:
         task.add_done_callback(lambda t: self._on_done(run, t))
 
     def _forget(self, run: Run) -> None:
-        self._active.pop(run.id, None)
+        # By identity: an id can belong to another run by now (a rejected run's, reused).
+        if self._active.get(run.id) is run:
+            del self._active[run.id]
         if run.app_id is not None and self._active_by_app.get(run.app_id) is run:
             del self._active_by_app[run.app_id]
 
     def _on_done(self, run: Run, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._forget(run)
-        if run.id in self._abandoned:
-            self._abandoned.discard(run.id)
+        if self._rejected.get(run.id) is run:
+            del self._rejected[run.id]
             return
         self._finished[run.id] = (time.monotonic(), run)
         self._prune()

@@ -21,9 +21,11 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+SCHEMA_ATTEMPTS = 6  # create_schema on a locked fresh SQLite file: waits 0.05 s, 0.1 s, ... 1.6 s
 READ_ONLY_OPTION = "runforge_read_only"
 
 
@@ -60,8 +62,18 @@ class Database:
             database = make_url(self.url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-        async with self.engine.begin() as conn:
-            await conn.run_sync(upgrade_schema)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(upgrade_schema)
+                return
+            except OperationalError as exc:
+                # Several processes opening one fresh SQLite file at once: one of them wins the
+                # switch to WAL or the schema's write lock, and SQLite refuses the others at
+                # once instead of making them wait. Measured in tests/test_migrations.py.
+                if not (self.is_sqlite and _is_locked(exc)) or attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -90,14 +102,23 @@ class Database:
         await self.engine.dispose()
 
 
+def _is_locked(exc: OperationalError) -> bool:
+    return "database is locked" in str(exc.orig)
+
+
 def _install_sqlite_recipe(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Stop the driver from emitting its own (deferred) BEGIN; we emit BEGIN IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL is a property of the file: switch only once. Switching takes an exclusive lock,
+        # which fails at once ("database is locked") while another process is creating the
+        # same fresh file (create_schema retries that).
+        cursor.execute("PRAGMA journal_mode")
+        if str(cursor.fetchone()[0]).lower() != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
