@@ -460,6 +460,11 @@ async def test_auth_method_size_and_reused_ids(server: ServerThread, client: htt
     second = await client.post("/v1/chat/completions", json={"messages": user("hi"), "requestId": "twice"})
     assert second.status_code == 409
     assert second.json()["error"]["code"] == "run_id_taken"
+    assert second.headers["x-request-id"] == "twice"  # errors echo the request's id too
+    bad = await client.post("/v1/chat/completions", content=b"{", headers={"X-Request-Id": "hdr-err"})
+    assert bad.headers["x-request-id"] == "hdr-err"
+    odd = await client.post("/v1/chat/completions", content=b"{", headers={"X-Request-Id": "x" * 200})
+    assert "x-request-id" not in odd.headers  # not a usable id: not echoed
     assert (await client.get("/healthz")).status_code == 200  # still serving
 
 

@@ -25,7 +25,7 @@ from app.control.manager import RunRequest
 from app.control.run import CancelOutcome, Run, RunKind
 from app.errors import AppError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
 from app.llm.client import UpstreamError
-from app.proxy import ChatExchange, parse_proxy_request, run_chat
+from app.proxy import ChatExchange, ProxyRequest, parse_proxy_request, run_chat
 from app.proxy.errors import openai_error, upstream_failure
 from app.services import Services
 from app.store.models import User
@@ -42,38 +42,44 @@ class InterruptRequest(msgspec.Struct):
 @asgi("/chat/completions", copy_scope=False)
 async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     services: Services = Litestar.from_scope(scope).state.services
+    run_id: str | None = None  # known once the body is parsed: errors after that echo it
     try:
-        run, exchange = await _start(services, scope, receive)
+        user, request = await _receive(services, scope, receive)
+        run_id = request.run_id or uuid.uuid4().hex
+        exchange = ChatExchange(request, run_id)
+        run = await _start(services, user, exchange, run_id)
     except AppError as exc:
-        await AsgiReply(send, _header(scope, b"x-request-id") or "").json(
+        # Without a run id, the app's hook echoes the client's X-Request-Id if it is a valid one.
+        await AsgiReply(send, run_id).json(
             exc.status, msgspec.json.encode(openai_error(exc.status, exc.code, exc.message))
         )
         return
     await relay(run, exchange, receive, send)
 
 
-async def _start(services: Services, scope: Scope, receive: Receive) -> tuple[Run, ChatExchange]:
+async def _receive(services: Services, scope: Scope, receive: Receive) -> tuple[User, ProxyRequest]:
     if scope.get("method") != "POST":
         raise MethodNotAllowed("use POST /v1/chat/completions")
     user = await _authenticate(services, scope)
     raw = await _read_body(receive)
     settings = services.settings
     request = parse_proxy_request(raw, _header(scope, b"x-request-id"), settings.llm.model, settings.max_message_chars)
-    run_id = request.run_id or uuid.uuid4().hex
-    exchange = ChatExchange(request, run_id)
-    run = await services.manager.start(
+    return user, request
+
+
+async def _start(services: Services, user: User, exchange: ChatExchange, run_id: str) -> Run:
+    return await services.manager.start(
         RunRequest(
             run_id=run_id,
             app_id=None,
             user_id=user.id,
-            message=request.summary,
+            message=exchange.request.summary,
             workspace=None,
             kind=RunKind.CHAT,
             job=functools.partial(run_chat, llm=services.llm, exchange=exchange),
             deferred_insert=True,  # the upstream request goes out first; the row follows
         )
     )
-    return run, exchange
 
 
 async def _authenticate(services: Services, scope: Scope) -> User:

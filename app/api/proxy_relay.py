@@ -39,14 +39,14 @@ class ClientGone(Exception):
 class AsgiReply:
     """The send side of one response, with a send timeout and disconnects as ClientGone."""
 
-    def __init__(self, send: Send, request_id: str) -> None:
+    def __init__(self, send: Send, request_id: str | None) -> None:
         self._send = send
-        self._id_header = (b"x-request-id", request_id.encode())
+        self._id_headers = [(b"x-request-id", request_id.encode())] if request_id else []
         self.started = False
 
     async def start(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         self.started = True
-        await self._deliver({"type": "http.response.start", "status": status, "headers": [*headers, self._id_header]})
+        await self._deliver({"type": "http.response.start", "status": status, "headers": [*headers, *self._id_headers]})
 
     async def body(self, data: bytes, *, more: bool) -> None:
         await self._deliver({"type": "http.response.body", "body": data, "more_body": more})
