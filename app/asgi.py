@@ -7,12 +7,14 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from litestar import Litestar
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import CacheControlHeader, MutableScopeHeaders
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
+from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
 
 from app.api.agent_ws import agent_socket
@@ -22,6 +24,7 @@ from app.api.deps import provide_services, provide_user
 from app.api.home import healthz, home
 from app.api.openai_compat import v1_router
 from app.api.runs import RunsController
+from app.api.templates import list_templates
 from app.api.workspace import WorkspaceController
 from app.errors import EXCEPTION_HANDLERS
 from app.services import Services
@@ -30,6 +33,9 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# The page's modules are small and change with the server: revalidate rather than cache blind.
+WEB_DIR = Path(__file__).resolve().parent / "web"
+STATIC_CACHE = CacheControlHeader(no_cache=True)
 MAX_REQUEST_ID_CHARS = 128
 
 
@@ -62,6 +68,10 @@ def create_app(settings: Settings) -> Litestar:
             RunsController,
             v1_router,
             agent_socket,
+            list_templates,
+            create_static_files_router(
+                path="/static", directories=[WEB_DIR], include_in_schema=False, cache_control=STATIC_CACHE
+            ),
         ],
         dependencies={
             "services": Provide(provide_services, sync_to_thread=False),

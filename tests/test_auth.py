@@ -78,7 +78,7 @@ async def test_login_url_sets_an_http_only_cookie_that_signs_in(
     async with httpx.AsyncClient(base_url=server.url, cookies={COOKIE: token}, timeout=30.0, limits=FRESH) as browser:
         home = await browser.get("/")
         assert home.status_code == 200
-        assert "Signed in as <b>alice</b>" in home.text
+        assert '<body data-user="alice">' in home.text  # the chat page, for the signed-in user
         created = await browser.post("/apps", json={"name": "from the browser"})
         assert created.status_code == 201
         app_id = created.json()["id"]

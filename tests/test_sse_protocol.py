@@ -192,6 +192,14 @@ async def test_join_replays_exactly_the_events_after_last_event_id(client: httpx
         headers = {"Last-Event-ID": f"r-join:{after}"}
         replayed = await run_to_end(client, "GET", "/runs/r-join/events", headers=headers)
         assert triples(replayed) == triples(original[after:])
+    # A page rejoining with a new EventSource cannot send the header: the query does the same,
+    # and the header (a browser's own reconnect of that EventSource) wins over it.
+    by_query = await run_to_end(client, "GET", "/runs/r-join/events?lastEventId=r-join:10")
+    assert triples(by_query) == triples(original[10:])
+    both = await run_to_end(
+        client, "GET", "/runs/r-join/events?lastEventId=r-join:2", headers={"Last-Event-ID": "r-join:12"}
+    )
+    assert triples(both) == triples(original[12:])
     # Nothing after the terminal event: 204, which makes browsers stop reconnecting.
     caught_up = await client.get("/runs/r-join/events", headers={"Last-Event-ID": original[-1].id})
     assert caught_up.status_code == 204

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from typing import Any
 
@@ -15,6 +16,16 @@ from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
 from app.services import Services
 
 COOKIE_MAX_AGE_S = 30 * 24 * 3600
+
+
+@functools.cache
+def _chat_page_template() -> str:
+    return resources.files("app.web").joinpath("index.html").read_text(encoding="utf-8")
+
+
+def _chat_page(user_name: str) -> str:
+    """The chat page (app/web/), told who is signed in."""
+    return _chat_page_template().replace("<body>", f'<body data-user="{_escape(user_name)}">', 1)
 
 
 def _page(title: str, body: str) -> str:
@@ -31,10 +42,12 @@ async def home(
     current = bearer_token(request)
     user = await services.user_for_token(current) if current else None
     if user is None:
-        body = "<p>You are signed out. Open the login URL printed by <code>runforge serve</code>.</p>"
+        body = (
+            "<p>You are signed out. Open the login URL that <code>runforge serve</code> printed "
+            "(<code>/?token=…</code>), or create a token with <code>runforge user add NAME</code>.</p>"
+        )
         return Response(_page("Signed out", body), media_type="text/html")
-    body = f"<p>Signed in as <b>{_escape(user.name)}</b>. The API is described at <a href='/schema'>/schema</a>.</p>"
-    return Response(_page("Runforge", body), media_type="text/html")
+    return Response(_chat_page(user.name), media_type="text/html")
 
 
 async def _sign_in(services: Services, token: str) -> Response[Any]:
@@ -60,4 +73,4 @@ async def healthz(services: ServicesDep) -> dict[str, Any]:
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

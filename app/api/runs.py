@@ -47,9 +47,12 @@ class RunsController(Controller):
         services: ServicesDep,
         user: CurrentUser,
         last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
+        last_event_id_query: Annotated[str | None, QueryParameter(name="lastEventId")] = None,
         on_disconnect: Annotated[OnDisconnect, QueryParameter(name="onDisconnect")] = OnDisconnect.CONTINUE,
     ) -> ASGIApp:
-        after = parse_last_event_id(last_event_id, run_id)
+        # A page rejoining with a new EventSource cannot set the header: it passes the query.
+        # The browser's own reconnects of that EventSource then send the newer header.
+        after = parse_last_event_id(last_event_id or last_event_id_query, run_id)
         run = services.manager.get(run_id)
         if run is not None:
             check_run_owner(run.user_id, user, run_id)
