@@ -23,6 +23,7 @@ from app.api.chat import ChatController
 from app.api.deps import provide_services, provide_user
 from app.api.home import healthz, home
 from app.api.openai_compat import v1_router
+from app.api.preview import PreviewController
 from app.api.runs import RunsController
 from app.api.templates import list_templates
 from app.api.workspace import WorkspaceController
@@ -64,6 +65,7 @@ def create_app(settings: Settings) -> Litestar:
             healthz,
             AppsController,
             WorkspaceController,
+            PreviewController,
             ChatController,
             RunsController,
             v1_router,

@@ -20,6 +20,7 @@ from app.settings import Settings
 from app.store.db import Database
 from app.store.models import User
 from app.store.repo import Apps, Runs, Users, hash_token
+from app.workspace.preview_links import PreviewLinks
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Services:
     llm: LLMClient
     presets: Catalog
     checkpoints: Checkpoints
+    preview_links: PreviewLinks
     simulator: SimulatorServer | None
     # Set by sse-starlette when the server is asked to exit (SIGTERM/SIGINT).
     shutdown_signal: anyio.Event
@@ -57,6 +59,7 @@ class Services:
         apps = Apps(db)
         presets = await asyncio.to_thread(load_catalog, settings.templates_dir)
         checkpoints = Checkpoints(settings.checkpoints_dir)
+        preview_links = await asyncio.to_thread(PreviewLinks.load, settings.data_dir)
         deps = CodegenDeps(
             llm=llm,
             load_history=apps.history,
@@ -69,7 +72,19 @@ class Services:
         manager = RunManager(runs, functools.partial(run_codegen, deps=deps), retain_s=settings.finished_run_ttl_s)
         await asyncio.to_thread(settings.workspaces_dir.mkdir, parents=True, exist_ok=True)
         return cls(
-            settings, db, Users(db), apps, runs, manager, llm, presets, checkpoints, simulator, anyio.Event(), {}
+            settings,
+            db,
+            Users(db),
+            apps,
+            runs,
+            manager,
+            llm,
+            presets,
+            checkpoints,
+            preview_links,
+            simulator,
+            anyio.Event(),
+            {},
         )
 
     async def stop(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -13,10 +14,12 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from app.api.deps import CurrentUser, ServicesDep, owned_app
 from app.api.views import app_view, message_view
+from app.api.workspace import preview_ready
 from app.codegen.types import CodeGenType, infer_code_gen_type
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.presets import match_prompt
 from app.services import Services
+from app.store.models import App
 from app.workspace.fs import WorkspaceError, read_text, tree
 from app.workspace.paths import PathRefused, resolve_in_workspace
 
@@ -44,15 +47,15 @@ class AppsController(Controller):
             )
         chosen, rule = choose_code_gen_type(services, data.codeGenType, data.initPrompt or name)
         app = await services.apps.create(user.id, name, chosen, data.initPrompt)
-        return {**app_view(app), "codeGenTypeRule": rule}
+        return {**(await _views(services, [app]))[0], "codeGenTypeRule": rule}
 
     @get("/")
     async def list_apps(self, services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
-        return [app_view(app) for app in await services.apps.list_for(user.id)]
+        return await _views(services, await services.apps.list_for(user.id))
 
     @get("/{app_id:str}")
     async def get_app(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
-        return app_view(await owned_app(services, user, app_id))
+        return (await _views(services, [await owned_app(services, user, app_id)]))[0]
 
     @delete("/{app_id:str}", status_code=HTTP_204_NO_CONTENT)
     async def delete_app(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> None:
@@ -113,3 +116,9 @@ def choose_code_gen_type(services: Services, given: CodeGenType | None, prompt: 
         return match.preset.code_gen_type, f"template:{match.preset.name}"
     choice = infer_code_gen_type(prompt)
     return choice.code_gen_type.value, choice.rule
+
+
+async def _views(services: Services, apps: Sequence[App]) -> list[dict[str, Any]]:
+    """Apps as the API shows them, each with its preview link and whether it has a site yet."""
+    ready = await asyncio.to_thread(lambda: [preview_ready(services, app) for app in apps])
+    return [app_view(app, services.preview_links.url(app.id), ok) for app, ok in zip(apps, ready, strict=True)]

@@ -15,8 +15,10 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def app_view(app: App) -> dict[str, Any]:
+def app_view(app: App, preview_link: str, preview_ready: bool) -> dict[str, Any]:
     return {
+        "previewLink": preview_link,
+        "previewReady": preview_ready,
         "id": app.id,
         "name": app.name,
         "codeGenType": app.code_gen_type,

@@ -103,6 +103,11 @@ async def revert_to_run(services: Services, app_id: str, run_id: str) -> dict[st
     return checkpoint_view(created)
 
 
+def preview_ready(services: Services, app: App) -> bool:
+    """Whether the app has a site to show (its index.html). Blocking: call in a thread."""
+    return (_preview_root(services, app) / "index.html").is_file()
+
+
 def _preview_root(services: Services, app: App) -> Path:
     workspace = services.workspace(app.id)
     return workspace / "dist" if app.code_gen_type == CodeGenType.VUE_PROJECT else workspace
@@ -110,6 +115,13 @@ def _preview_root(services: Services, app: App) -> Path:
 
 async def _serve_preview(services: Services, user: User, app_id: str, relative: str) -> Response[bytes] | Redirect:
     app = await owned_app(services, user, app_id)
+    return await serve_preview_file(services, app, relative, f"/apps/{app_id}/preview/", PREVIEW_HEADERS)
+
+
+async def serve_preview_file(
+    services: Services, app: App, relative: str, base: str, extra_headers: dict[str, str]
+) -> Response[bytes] | Redirect:
+    """One file of the app's site (its workspace, or dist/ for Vue); ``base`` is the site's URL."""
     try:
         found = await asyncio.to_thread(read_preview_file, _preview_root(services, app), relative)
     except PathRefused as exc:
@@ -117,10 +129,14 @@ async def _serve_preview(services: Services, user: User, app_id: str, relative: 
     except (NotServable, OSError):
         raise NotFound(f"nothing to preview at {relative or '/'!r}", code="preview_not_found") from None
     if found.redirect_to_dir:
-        return Redirect(f"/apps/{app_id}/preview/{relative}/")
+        return Redirect(f"{base}{relative}/")
     # A Content-Type header: from media_type alone, Litestar appends a second "; charset=utf-8".
-    headers = {**PREVIEW_HEADERS, "Content-Type": found.media_type}
+    headers = {**extra_headers, "Content-Type": found.media_type}
     return Response(found.content, media_type=found.media_type, headers=headers)
+
+
+def has_trailing_slash(request: Request[Any, Any, Any]) -> bool:
+    return _has_trailing_slash(request)
 
 
 def _has_trailing_slash(request: Request[Any, Any, Any]) -> bool:

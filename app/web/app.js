@@ -127,7 +127,7 @@ function endRun(ai, stream, kind, data) {
   ai.classList.remove("loading");
   if (kind === "done") {
     setStatus(ai, data.files && data.files.length ? `done · ${data.files.join(", ")}` : "done");
-    if (data.previewUrl) showPreview(data.previewUrl);
+    if (data.previewUrl && chat.app && chat.app.previewLink) showPreview(chat.app.previewLink);
     refreshWorkspace();
   } else if (kind === "interrupted") {
     chat.stoppedByUser = chat.stoppedByUser || data.reason === "user_stop";
@@ -267,7 +267,8 @@ async function openApp(appId) {
   }
   refreshButton();
   refreshWorkspace();
-  showPreview(`/apps/${encodeURIComponent(appId)}/preview/`);
+  if (chat.app.previewReady) showPreview(chat.app.previewLink);
+  else showNoPreview();
 }
 
 function markCurrentApp() {
@@ -279,16 +280,16 @@ function markCurrentApp() {
 
 // -- workspace panel -------------------------------------------------------------------------
 
-async function showPreview(url) {
-  // Only a page that exists: an app without one yet gets a placeholder, not a 404 body.
-  const response = await fetch(url, { cache: "no-store" }).catch(() => null);
-  if (response && response.ok) {
-    $("preview").removeAttribute("srcdoc"); // srcdoc would win over src
-    $("preview").src = `${url}${url.includes("?") ? "&" : "?"}t=${Date.now()}`;
-  } else {
-    $("preview").srcdoc = "<p style='font:13px system-ui;color:#6e7781'>Nothing to preview yet.</p>";
-    $("preview").removeAttribute("src");
-  }
+function showPreview(url) {
+  // The app's preview link: no cookie needed, so the sandboxed iframe (an opaque origin, which
+  // can never act as the signed-in user) still loads the site's own style sheets and scripts.
+  $("preview").removeAttribute("srcdoc"); // srcdoc would win over src
+  $("preview").src = `${url}?t=${Date.now()}`;
+}
+
+function showNoPreview() {
+  $("preview").removeAttribute("src");
+  $("preview").srcdoc = "<p style='font:13px system-ui;color:#6e7781'>Nothing to preview yet.</p>";
 }
 
 async function refreshWorkspace() {
@@ -328,7 +329,7 @@ function checkpointItem(appId, checkpoint) {
       await api(`/apps/${appId}/revert`, { method: "POST", body: JSON.stringify({ runId: checkpoint.runId }) });
       notice(`Files restored to run ${checkpoint.runId}.`);
       refreshWorkspace();
-      showPreview(`/apps/${appId}/preview/`);
+      showPreview(chat.app.previewLink);
     } catch (error) {
       notice(`Revert failed: ${error.message}`, true);
     }
