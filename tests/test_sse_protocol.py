@@ -380,6 +380,7 @@ async def test_escaping_tool_calls_all_fail_and_touch_nothing_outside(
         "runforge.db-shm",
         "workspaces",
         "checkpoints",
+        "preview-key",
     }
     assert [p.name for p in server.settings.workspaces_dir.iterdir()] in ([], [app_id])
     assert not any(server.settings.workspaces_dir.rglob("*.txt"))
