@@ -14,6 +14,7 @@ const chat = {
   stoppedByUser: false,
   lastUserMessage: "",
   lastAi: null, // the last AI message element: "continue" reuses it
+  stopping: null, // the stop request in flight, if any: the next run starts after it
 };
 
 // -- HTTP ------------------------------------------------------------------------------------
@@ -97,7 +98,13 @@ function startRun(text, ai) {
   });
   chat.run = { stream, ai };
   const query = new URLSearchParams({ appId: chat.app.id, message: text, runId, onDisconnect: "continue" });
-  stream.open(`/app/chat/gen/code?${query}`);
+  // A stop still on its way goes first: the old run then ends as the user's stop, instead of
+  // being superseded by this one (the server stops an app's old run when a new one starts).
+  const previous = chat.stopping || Promise.resolve();
+  chat.stopping = null;
+  previous.finally(() => {
+    if (!stream.frozen) stream.open(`/app/chat/gen/code?${query}`);
+  });
   notice("");
   refreshButton();
   $("input").focus();
@@ -113,7 +120,8 @@ function stop(mode) {
   setStatus(run.ai, mode === "rollback" ? "stopped, rolling back…" : "stopped");
   refreshButton();
   $("input").focus();
-  api("/app/chat/stop", { method: "POST", body: JSON.stringify({ runId: run.stream.runId, mode }) })
+  if (!run.stream.opened) return; // stopped before its request went out: the server never saw it
+  chat.stopping = api("/app/chat/stop", { method: "POST", body: JSON.stringify({ runId: run.stream.runId, mode }) })
     .then((answer) => {
       if (mode === "rollback") setStatus(run.ai, answer && answer.rolledBack ? "stopped, files rolled back" : "stopped");
       refreshWorkspace();

@@ -26,6 +26,7 @@ export class RunStream {
     this.text = "";
     this.pending = "";
     this.lastSeq = 0;
+    this.opened = false;
     this.frozen = false;
     this.ended = false;
     this.reconnects = 0;
@@ -35,6 +36,7 @@ export class RunStream {
 
   /** Open the stream that starts the run (the gen URL). */
   open(url) {
+    this.opened = true;
     this.connect(url);
   }
 
