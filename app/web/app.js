@@ -157,8 +157,13 @@ function appendMessage(role, text) {
     `<div class="reply"></div><ul class="activity"></ul>`;
   item.querySelector(".reply").innerHTML = role === "user" ? `<p>${escapeHtml(text)}</p>` : renderReply(text);
   $("messages").append(item);
-  item.scrollIntoView({ block: "end" });
+  scrollToEnd();
   return item;
+}
+
+function scrollToEnd() {
+  const list = $("messages"); // only the message list scrolls, never the page around it
+  list.scrollTop = list.scrollHeight;
 }
 
 function resetAi(ai) {
@@ -171,7 +176,7 @@ function resetAi(ai) {
 function showReply(ai, text) {
   ai.classList.remove("loading");
   ai.querySelector(".reply").innerHTML = renderReply(text);
-  ai.scrollIntoView({ block: "end" });
+  scrollToEnd();
 }
 
 function setStatus(ai, text, bad = false) {
