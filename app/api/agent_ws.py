@@ -29,7 +29,7 @@ from litestar.exceptions import WebSocketDisconnect
 
 from app.api.chat import GenRequest, start_code_run
 from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
-from app.control.cancel import StopReason
+from app.control.cancel import StopReason, uncancel_current_task
 from app.control.events import Done, Failed, Interrupted, LoggedEvent
 from app.control.manager import Multitask
 from app.control.run import RUN_ID_PATTERN, CancelOutcome, Run
@@ -80,7 +80,7 @@ async def agent_socket(socket: WebSocket[Any, Any, Any], services: ServicesDep) 
     except asyncio.CancelledError:
         if not session.hung_up:
             raise
-        _uncancel()  # the session cancelled its own loop: the client stopped taking messages
+        uncancel_current_task()  # the session cancelled its own loop: the client stopped taking messages
     finally:
         await session.close()
     if session.hung_up:
@@ -277,12 +277,6 @@ class AgentSession:
 class _Starting:
     message_id: str | None
     interrupted: bool = False
-
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
 
 
 def _gen_request(payload: object, request_id: str | None, message_id: str | None) -> GenRequest:

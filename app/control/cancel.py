@@ -118,3 +118,10 @@ async def to_thread_to_the_end(fn: Callable[..., _T], *args: Any) -> _T:
         if not future.cancelled():
             future.exception()  # mark it retrieved: the run is over, whatever the thread raised
         raise
+
+
+def uncancel_current_task() -> None:
+    """Undo a cancellation this task has handled itself, so it can go on (and end) normally."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()

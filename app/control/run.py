@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.control.cancel import RunCancelled, StopGate, StopMode, StopReason
+from app.control.cancel import RunCancelled, StopGate, StopMode, StopReason, uncancel_current_task
 from app.control.events import (
     Done,
     Failed,
@@ -342,7 +342,7 @@ class Run:
         except asyncio.CancelledError:
             if not self.gate.closed:
                 raise  # not a stop of ours: _drive still ends the log
-            _uncancel()  # our own stop, handled here: the task ends normally
+            uncancel_current_task()  # our own stop, handled here: the task ends normally
             await self._interrupted(recorder)
         except RunCancelled:
             await self._interrupted(recorder)
@@ -441,9 +441,3 @@ class Run:
             await write(self)
         except Exception:
             log.exception("could not record run outcome", extra={"run_id": self.id})
-
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
