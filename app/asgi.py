@@ -28,6 +28,7 @@ from app.api.runs import RunsController
 from app.api.templates import list_templates
 from app.api.workspace import WorkspaceController
 from app.errors import EXCEPTION_HANDLERS
+from app.logs import configure_logging
 from app.services import Services
 from app.settings import Settings
 
@@ -38,6 +39,17 @@ MAX_BODY_BYTES = 1024 * 1024
 WEB_DIR = Path(__file__).resolve().parent / "web"
 STATIC_CACHE = CacheControlHeader(no_cache=True)
 MAX_REQUEST_ID_CHARS = 128
+
+
+def create_app_from_env() -> Litestar:
+    """The app of one worker process of `runforge serve --workers N` (uvicorn's factory).
+
+    A worker is a new process (multiprocessing's spawn), so it is its own composition root: it
+    reads its settings from the environment it inherited, like the CLI, and sets up the CLI's
+    logging. The listening socket comes from the parent, so host and port are not used.
+    """
+    configure_logging()
+    return create_app(Settings.from_env())
 
 
 def create_app(settings: Settings) -> Litestar:

@@ -1,26 +1,27 @@
-"""`runforge` command line: serve, user add, run, templates."""
+"""`runforge` command line: serve, user add, db, run, templates."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
-import re
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
-from app.asgi import create_app
+from app.logs import configure_logging
 from app.presets.commands import check_templates, list_templates, match_template
-from app.settings import Settings, SettingsError
+from app.settings import ENV_PREFIX, Settings, SettingsError
 from app.store.db import Database
 from app.store.repo import Users, hash_token
 
 LOCAL_USER = "local"
 LOCAL_TOKEN_FILE = "local-token"
+# What each worker process of `serve --workers N` runs: it reads its settings from the environment.
+WORKER_APP = "app.asgi:create_app_from_env"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,14 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"runforge: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # HTTP clients log every request at INFO: one line per upstream call, and noise in `run`.
-    for name in ("httpx", "httpx2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_logging()
     if args.command == "serve":
         return serve(settings, args)
     if args.command == "user":
         return asyncio.run(add_user(settings, args.name))
+    if args.command == "db":
+        return asyncio.run(db_command(settings, args.db_command))
     if args.command == "run":
         from app.cli_run import run_in_terminal
 
@@ -54,10 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", help="interface to listen on (RUNFORGE_HOST, default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port (RUNFORGE_PORT, default 8000; 0 picks a free one)")
     serve_cmd.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="worker processes sharing the port (RUNFORGE_WORKERS, default 1); more than 1 needs RUNFORGE_BROKER_URL",
+    )
     user_cmd = commands.add_parser("user", help="manage users")
     user_sub = user_cmd.add_subparsers(dest="user_command", required=True)
     add_cmd = user_sub.add_parser("add", help="create a user and print its token (last line)")
     add_cmd.add_argument("name")
+    db_cmd = commands.add_parser(
+        "db", help="the database schema (RUNFORGE_DATABASE_URL, or the data directory's SQLite)"
+    )
+    db_sub = db_cmd.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="create the schema, or upgrade it to this version's revision")
+    db_sub.add_parser("current", help="print the database's revision and this version's; exit 1 unless they match")
     run_cmd = commands.add_parser("run", help="run a prompt against a running server, in the terminal")
     run_cmd.add_argument("prompt")
     run_cmd.add_argument("--app", dest="app_id", help="app id (default: create a new app)")
@@ -78,6 +89,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _broker_problem(settings: Settings) -> str | None:
+    """Why the broker cannot be used, checked once before any worker starts (each would fail)."""
+    url = settings.cluster.broker_url
+    if url is None:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"the broker (RUNFORGE_BROKER_URL) is unreachable: {exc}"
+    finally:
+        client.close()
+    return None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 # -- templates -----------------------------------------------------------------------------
 
 
@@ -94,10 +132,34 @@ def templates(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> int:
+    from app.store.schema import SchemaError  # here: Alembic's import is not free (app/store/db.py)
+
+    try:
+        workers = _worker_count(args)
+    except SettingsError as exc:
+        print(f"runforge: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1 and not settings.cluster.enabled:
+        print(
+            f"runforge: {workers} workers need a broker: set RUNFORGE_BROKER_URL (redis://host:port/db). "
+            "A run lives in the worker process that started it, and a stop, a stream join or a replay "
+            "that lands on another worker can reach it only through the broker. Without one, run one "
+            "worker (--workers 1).",
+            file=sys.stderr,
+        )
+        return 2
     settings = settings.with_overrides(
         host=args.host or settings.host, port=settings.port if args.port is None else args.port
     )
-    token = asyncio.run(_bootstrap_local_user(settings))
+    try:
+        token = asyncio.run(_bootstrap_local_user(settings))
+    except SchemaError as exc:
+        print(f"runforge: {exc}", file=sys.stderr)
+        return 1
+    broker_problem = _broker_problem(settings)
+    if broker_problem:
+        print(f"runforge: {broker_problem}", file=sys.stderr)
+        return 1
     # An explicit IPPROTO_TCP makes asyncio set TCP_NODELAY on accepted connections.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -109,27 +171,61 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     sock.listen(2048)  # connections made after the banner queue until uvicorn accepts them
     port = sock.getsockname()[1]
-    logging.getLogger("uvicorn.access").addFilter(RedactSecrets())
-    _print_banner(settings, port, token)
+    _print_banner(settings, port, token, workers)
+    timeout_graceful_shutdown = int(settings.shutdown_grace_s) + 2
+    if workers > 1:
+        return _serve_workers(workers, sock, access_log=not args.no_access_log, timeout=timeout_graceful_shutdown)
+    # Imported here: the app (litestar, openai, ...) takes ~0.9 s to import, which the other
+    # commands, and the supervisor of several workers, need not pay.
+    from app.asgi import create_app
+
     config = uvicorn.Config(
         create_app(settings),
         log_level="info",
         access_log=not args.no_access_log,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 2,
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
     )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
-class RedactSecrets(logging.Filter):
-    """Keep login tokens and prompts out of the access log (`/?token=…`, `gen/code?message=…`)."""
+def _worker_count(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        return int(args.workers)
+    raw = os.environ.get(f"{ENV_PREFIX}WORKERS") or "1"
+    try:
+        return _positive_int(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise SettingsError(f"{ENV_PREFIX}WORKERS {exc}") from None
 
-    _pattern = re.compile(r"([?&](?:token|message)=)[^&\s]*")
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self._pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args)
-        return True
+def _serve_workers(workers: int, sock: socket.socket, *, access_log: bool, timeout: int) -> int:
+    """uvicorn's supervisor: `workers` processes accepting on our socket, restarted if one dies.
+
+    Each worker is a new process (multiprocessing's spawn): it builds its app with
+    ``create_app_from_env``, from the environment this process was started with. The socket is
+    already bound, so --host/--port need not reach them. SIGTERM or SIGINT here stops every worker
+    gracefully (SIGTERM to each, then wait); SIGHUP replaces them one by one, SIGTTIN/SIGTTOU add
+    or remove one.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(
+        WORKER_APP,
+        factory=True,
+        workers=workers,
+        log_level="info",
+        access_log=access_log,
+        timeout_graceful_shutdown=timeout,
+    )
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        # uvicorn stops them all when one cannot start: it would fail the same way again.
+        print("runforge: a worker process failed to start (its log is above); stopped the others", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _bootstrap_local_user(settings: Settings) -> str | None:
@@ -164,7 +260,7 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text + "\n")
 
 
-def _print_banner(settings: Settings, port: int, token: str | None) -> None:
+def _print_banner(settings: Settings, port: int, token: str | None, workers: int = 1) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{host}:{port}"
     if settings.uses_simulator:
@@ -177,11 +273,22 @@ def _print_banner(settings: Settings, port: int, token: str | None) -> None:
         f"OpenAI-compatible API: {url}/v1 (API key: a Runforge token)",
         f"Data: {settings.data_dir.resolve()}",
     ]
+    if workers > 1:
+        lines.append(f"Workers: {workers} (broker {_redact_url(str(settings.cluster.broker_url))})")
     if token:
         lines.append(f"Login URL: {url}/?token={token}")
     else:
         lines.append("Login: create a token with `runforge user add NAME`, then open /?token=TOKEN")
     print("\n".join(lines), flush=True)
+
+
+def _redact_url(url: str) -> str:
+    """The URL with its password, if any, replaced: banners end up in logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 # -- user add --------------------------------------------------------------------------------
@@ -192,9 +299,15 @@ async def add_user(settings: Settings, name: str) -> int:
     if not name or len(name) > 64:
         print("runforge: a user name must be 1-64 characters", file=sys.stderr)
         return 2
+    from app.store.schema import SchemaError  # here: Alembic's import is not free (app/store/db.py)
+
     db = Database(settings.resolved_database_url)
     try:
-        await db.create_schema()
+        try:
+            await db.create_schema()
+        except SchemaError as exc:
+            print(f"runforge: {exc}", file=sys.stderr)
+            return 1
         users = Users(db)
         if await users.by_name(name) is not None:
             print(f"runforge: user {name!r} already exists", file=sys.stderr)
@@ -205,3 +318,60 @@ async def add_user(settings: Settings, name: str) -> int:
     print(f"created user {name}; its token (shown once):")
     print(token)
     return 0
+
+
+# -- db ----------------------------------------------------------------------------------------
+
+
+async def db_command(settings: Settings, command: str) -> int:
+    """`runforge db upgrade` and `runforge db current`, on the database `runforge serve` would use."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from app.store.schema import SchemaError
+
+    url = settings.resolved_database_url
+    shown = make_url(url).render_as_string(hide_password=True)
+    print(f"database: {shown}")
+    db = Database(url)
+    try:
+        return await (_db_upgrade(db) if command == "upgrade" else _db_current(db))
+    except SchemaError as exc:
+        print(f"runforge: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, DBAPIError) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        print(f"runforge: cannot use the database {shown}: {reason.__class__.__name__}: {reason}", file=sys.stderr)
+        return 1
+    finally:
+        await db.dispose()
+
+
+async def _db_upgrade(db: Database) -> int:
+    from app.store.schema import BASELINE_REVISION
+
+    change = await db.create_schema(upgrade=True)
+    if change.action == "created":
+        print(f"created the schema at revision {change.after} (head)")
+    elif change.action == "unchanged":
+        print(f"already at revision {change.after} (head): nothing to do")
+    else:
+        before = f"{BASELINE_REVISION} (a database made before schema migrations)" if change.legacy else change.before
+        print(f"upgraded the schema from revision {before} to {change.after} (head)")
+    return 0
+
+
+async def _db_current(db: Database) -> int:
+    from app.store.schema import BASELINE_REVISION
+
+    state = await db.schema_state()
+    current = {
+        "empty": "none (no schema yet: `runforge db upgrade` or `runforge serve` creates it)",
+        "legacy": f"none (made before schema migrations: {BASELINE_REVISION} in effect; run `runforge db upgrade`)",
+        "unknown": f"{state.current} (unknown to this version: written by a newer Runforge)",
+        "behind": f"{state.current} (behind: run `runforge db upgrade`)",
+        "current": f"{state.current} (head)",
+    }[state.status]
+    print(f"current: {current}")
+    print(f"head: {state.head}")
+    return 0 if state.status == "current" else 1

@@ -29,6 +29,29 @@ class LLMSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Several workers sharing one database and a Redis broker (app/cluster, docs/deploy.md)."""
+
+    # None: one process, run control in memory (the default). redis://host:port/db switches it on.
+    broker_url: str | None = None
+    # Every Redis key and channel starts with this: deployments can share one Redis.
+    prefix: str = "runforge"
+    # This process's id in `runs.owner_worker` and `workers`; None: host-pid-random.
+    worker_id: str | None = None
+    # Seconds between heartbeats; a worker silent for worker_timeout_s is lost, and its runs fail.
+    heartbeat_s: float = 1.0
+    worker_timeout_s: float = 10.0
+    # Seconds between re-reads of this worker's runs in the database (stops a lost message missed).
+    reconcile_s: float = 2.0
+    # How long a finished run's event stream stays in Redis for joins and replays.
+    stream_ttl_s: float = 3600.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.broker_url is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path("runs")
     database_url: str | None = None
@@ -55,6 +78,7 @@ class Settings:
     build: BuildSettings = field(default_factory=BuildSettings)
     # Fault injection: every tool call takes at least this long (tests of stop modes, demos).
     tool_delay_s: float = 0.0
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def workspaces_dir(self) -> Path:
@@ -108,7 +132,33 @@ class Settings:
             templates_dir=Path(get("TEMPLATES_DIR") or defaults.templates_dir),
             build=_build_settings(get),
             tool_delay_s=_float(get("TOOL_DELAY_MS"), "TOOL_DELAY_MS", 0.0) / 1000,
+            cluster=_cluster_settings(get),
         )
+
+
+def _cluster_settings(get: Callable[[str], str | None]) -> ClusterSettings:
+    defaults = ClusterSettings()
+    broker_url = get("BROKER_URL")
+    if broker_url is not None and not broker_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"{ENV_PREFIX}BROKER_URL must be a redis:// (or rediss://, unix://) URL, got {broker_url!r}"
+        )
+    heartbeat_s = _float(get("HEARTBEAT_S"), "HEARTBEAT_S", defaults.heartbeat_s)
+    worker_timeout_s = _float(get("WORKER_TIMEOUT_S"), "WORKER_TIMEOUT_S", defaults.worker_timeout_s)
+    if worker_timeout_s <= 2 * heartbeat_s:
+        raise SettingsError(
+            f"{ENV_PREFIX}WORKER_TIMEOUT_S ({worker_timeout_s}) must be more than twice "
+            f"{ENV_PREFIX}HEARTBEAT_S ({heartbeat_s}): one late heartbeat must not lose a worker"
+        )
+    return ClusterSettings(
+        broker_url=broker_url,
+        prefix=get("BROKER_PREFIX") or defaults.prefix,
+        worker_id=get("WORKER_ID"),
+        heartbeat_s=heartbeat_s,
+        worker_timeout_s=worker_timeout_s,
+        reconcile_s=_float(get("RECONCILE_S"), "RECONCILE_S", defaults.reconcile_s),
+        stream_ttl_s=_float(get("STREAM_TTL_S"), "STREAM_TTL_S", defaults.stream_ttl_s),
+    )
 
 
 def _build_settings(get: Callable[[str], str | None]) -> BuildSettings:

@@ -11,6 +11,9 @@ import pytest
 from app.build import BuildSettings
 from app.control.cancel import StopGate
 from app.settings import LLMSettings, Settings
+
+# PostgreSQL and Redis, for the tests that need them (skip, or fail under RUNFORGE_REQUIRE_SERVICES=1).
+from tests.services import pg_database_url, redis_url  # noqa: F401
 from tests.support import ServerThread
 from tests.workspace_kit import make_workspace
 

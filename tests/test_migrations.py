@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -39,9 +38,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.store.db import Database
 from app.store.models import Base, Run, User
-from app.store.schema import BASELINE_REVISION, alembic_config
+from app.store.schema import BASELINE_REVISION, SchemaOutdated, SchemaUnknown, alembic_config
+from tests.services import PG_URL, require_service
 
-PG_URL = os.environ.get("RUNFORGE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 NOW = datetime(2026, 1, 2, 3, 4, 5)
 T = TypeVar("T")
@@ -145,15 +144,17 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL schema, dropped afterwards, as ``URL#schema`` (see open_database)."""
-    pytest.importorskip("asyncpg", reason="PostgreSQL tests need asyncpg (the `pg` extra)")
     engine = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"timeout": 5})
     schema = f"runforge_mig_{uuid.uuid4().hex[:12]}"
+    unreachable = None
     try:
         async with engine.connect() as conn:
             await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except (OSError, DBAPIError) as exc:
+        unreachable = f"{exc.__class__.__name__}: {exc}"
+    if unreachable is not None:  # skips, or fails where services are required (tests/services.py)
         await engine.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc.__class__.__name__}: {exc}")
+        require_service("PostgreSQL", f"PostgreSQL not reachable at {PG_URL}: {unreachable}")
     try:
         yield f"{PG_URL}#{schema}"
     finally:
@@ -264,7 +265,8 @@ async def test_legacy_database_is_upgraded_in_place(backend_url: str) -> None:
     await _create_legacy_database(backend_url)
     db = open_database(backend_url)
     try:
-        await db.create_schema()
+        change = await db.create_schema(upgrade=True)
+        assert (change.action, change.before, change.after, change.legacy) == ("upgraded", None, HEAD, True)
         assert await in_transaction(db, revision) == HEAD
         run = await in_transaction(db, lambda c: c.execute(select(LEGACY.tables["runs"])).one())
         assert run._asdict() == _legacy_run()
@@ -284,7 +286,7 @@ async def test_legacy_sqlite_file_stays_consistent(sqlite_url: str) -> None:
     await _create_legacy_database(sqlite_url)
     db = open_database(sqlite_url)
     try:
-        await db.create_schema()
+        await db.create_schema(upgrade=True)
         checks = await in_transaction(db, _sqlite_checks)
     finally:
         await db.dispose()
@@ -327,10 +329,61 @@ async def test_unknown_revision_fails_with_a_clear_message(sqlite_url: str) -> N
     try:
         await db.create_schema()
         await in_transaction(db, lambda c: c.execute(text("UPDATE alembic_version SET version_num = '9999'")))
-        with pytest.raises(RuntimeError, match="newer version"):
+        with pytest.raises(SchemaUnknown, match="newer version"):
             await db.create_schema()
+        with pytest.raises(SchemaUnknown, match="newer version"):
+            await db.create_schema(upgrade=True)
+        assert (await db.schema_state()).status == "unknown"
     finally:
         await db.dispose()
+
+
+async def test_a_database_behind_head_is_refused_and_left_as_it_was(backend_url: str) -> None:
+    """Server start (no ``upgrade``) never changes the schema of an existing database."""
+    db = open_database(backend_url)
+    try:
+        await in_transaction(db, upgrade_to("0002"))
+        with pytest.raises(SchemaOutdated) as refused:
+            await db.create_schema()
+        assert (refused.value.current, refused.value.head) == ("0002", HEAD)
+        message = str(refused.value)
+        assert "0002" in message
+        assert HEAD in message
+        assert "`runforge db upgrade`" in message
+        assert await in_transaction(db, revision) == "0002"
+        assert (await db.schema_state()).status == "behind"
+
+        change = await db.create_schema(upgrade=True)
+        assert (change.action, change.before, change.after) == ("upgraded", "0002", HEAD)
+        assert (await db.create_schema()).action == "unchanged"
+        assert (await db.schema_state()).status == "current"
+    finally:
+        await db.dispose()
+
+
+async def test_a_legacy_database_is_refused_untouched(backend_url: str) -> None:
+    await _create_legacy_database(backend_url)
+    db = open_database(backend_url)
+    try:
+        with pytest.raises(SchemaOutdated, match="made before schema migrations") as refused:
+            await db.create_schema()
+        assert refused.value.current is None
+        assert await in_transaction(db, revision) is None
+        assert await in_transaction(db, lambda c: drift(c, LEGACY)) == []
+        assert (await db.schema_state()).status == "legacy"
+    finally:
+        await db.dispose()
+
+
+async def test_schema_state_of_an_empty_database_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "absent" / "runforge.db"
+    db = open_database(f"sqlite+aiosqlite:///{path}")
+    try:
+        state = await db.schema_state()
+    finally:
+        await db.dispose()
+    assert (state.status, state.current, state.head) == ("empty", None, HEAD)
+    assert not path.parent.exists()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -371,7 +424,7 @@ async def _assert_cascades_survived(db: Database) -> None:
 
 def _sqlite_checks(conn: Connection) -> dict[str, Any]:
     indexes = {index["name"] for index in inspect(conn).get_indexes("runs")}
-    assert indexes == {"ix_runs_app_id", "ix_runs_user_id", "ix_runs_status"}
+    assert indexes == {"ix_runs_app_id", "ix_runs_user_id", "ix_runs_status", "ix_runs_owner_worker"}
     return {
         "foreign_key_check": [tuple(r) for r in conn.exec_driver_sql("PRAGMA foreign_key_check").all()],
         "integrity_check": [tuple(r) for r in conn.exec_driver_sql("PRAGMA integrity_check").all()],

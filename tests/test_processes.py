@@ -18,7 +18,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
-from app.cli import RedactSecrets
+from app.logs import RedactSecrets
 from tests.support import HANG_TIMEOUT_S, ServerThread, collect, gen_url, open_stream, wait_for_status
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
+from sqlalchemy import ColumnElement, Float, event, func
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+if TYPE_CHECKING:
+    from app.store.schema import SchemaChange, SchemaState
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SCHEMA_ATTEMPTS = 6  # create_schema on a locked fresh SQLite file: waits 0.05 s, 0.1 s, ... 1.6 s
@@ -52,11 +56,16 @@ class Database:
             return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
         return {"pool_pre_ping": True}
 
-    async def create_schema(self) -> None:
-        """Create the schema, or upgrade an existing database to it (app/store/schema.py)."""
+    async def create_schema(self, *, upgrade: bool = False) -> SchemaChange:
+        """Create an empty database at head; refuse (or, with ``upgrade``, upgrade) an older one.
+
+        Server start and `runforge user add` call it as is: they raise ``SchemaOutdated`` on a
+        database behind head and ``SchemaUnknown`` on one from a newer Runforge (both
+        ``SchemaError``, in app/store/schema.py); `runforge db upgrade` passes ``upgrade=True``.
+        """
         # Imported here: Alembic takes ~130 ms to import, which CLI commands that never open
         # the database (`runforge run`, `templates`) should not pay.
-        from app.store.schema import upgrade_schema
+        from app.store.schema import prepare_schema
 
         if self.is_sqlite:
             database = make_url(self.url).database
@@ -65,8 +74,7 @@ class Database:
         for attempt in range(SCHEMA_ATTEMPTS):
             try:
                 async with self.engine.begin() as conn:
-                    await conn.run_sync(upgrade_schema)
-                return
+                    return await conn.run_sync(functools.partial(prepare_schema, upgrade=upgrade))
             except OperationalError as exc:
                 # Several processes opening one fresh SQLite file at once: one of them wins the
                 # switch to WAL or the schema's write lock, and SQLite refuses the others at
@@ -74,6 +82,19 @@ class Database:
                 if not (self.is_sqlite and _is_locked(exc)) or attempt == SCHEMA_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def schema_state(self) -> SchemaState:
+        """The database's revision against head, changing nothing (a missing SQLite file stays missing)."""
+        from app.store.schema import SchemaState, head_revision, inspect_schema
+
+        if self.is_sqlite:
+            database = make_url(self.url).database
+            if database and database != ":memory:" and not await asyncio.to_thread(Path(database).exists):
+                return SchemaState(current=None, head=head_revision(), has_tables=False)
+        # A deferred BEGIN on SQLite (READ_ONLY_OPTION): looking takes no write lock.
+        async with self.engine.execution_options(**{READ_ONLY_OPTION: True}).connect() as conn:
+            return await conn.run_sync(inspect_schema)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -97,6 +118,13 @@ class Database:
         """A read-only unit of work (never takes SQLite's write lock)."""
         async with self._read_sessions() as session, session.begin():
             yield session
+
+    def clock(self) -> ColumnElement[float]:
+        """Now, in seconds since the epoch, on the database's clock: one clock for every host."""
+        if self.is_sqlite:
+            # julianday('now') has millisecond resolution; 2440587.5 is the epoch's Julian day.
+            return (func.julianday("now") - 2440587.5) * 86400.0
+        return func.extract("epoch", func.clock_timestamp()).cast(Float)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -70,7 +70,7 @@ class ChatMessage(Base):
 
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_status", "status"),)
+    __table_args__ = (Index("ix_runs_status", "status"), Index("ix_runs_owner_worker", "owner_worker"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     # code: an agent turn on an app; chat: one /v1/chat/completions request (no app).
@@ -94,3 +94,27 @@ class Run(Base):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Sequence number of the terminal event, so a late joiner can be told "nothing newer".
     last_seq: Mapped[int] = mapped_column(default=0)
+    # The worker process running it (workers.id): where a stop for it is sent (app/cluster).
+    owner_worker: Mapped[str | None] = mapped_column(String(64))
+    # The mode of the stop asked for (immediate | rollback | after_step), and whether the
+    # workspace was then restored: set with stop_requested_at by a stop from another worker.
+    stop_mode: Mapped[str | None] = mapped_column(String(16))
+    rolled_back: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+
+class Worker(Base):
+    """A server process of a multi-worker deployment, and its heartbeat (app/cluster/liveness.py).
+
+    Times are seconds since the epoch on the database's clock, so hosts whose clocks disagree
+    still agree on who is late.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    # Set on a clean shutdown: its runs that are still active are lost at once.
+    stopped_at: Mapped[float | None] = mapped_column(Float)

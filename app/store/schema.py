@@ -1,13 +1,17 @@
-"""Bring the database schema to the models' revision at start (Alembic).
+"""The database schema against the models' revision (Alembic): create, check, upgrade.
 
-Three cases, told apart inside one transaction:
+Four cases, told apart inside one transaction:
 
 - empty database: ``create_all`` and stamp head. Alembic documents this shortcut, and it is what
   every test server does on its fresh SQLite file, so it must stay as cheap as ``create_all``;
   tests/test_migrations.py checks that the migrations build the same schema;
-- ``alembic_version`` present: upgrade to head (nothing at all when already there);
-- tables but no ``alembic_version``: a database made by ``create_all`` before migrations existed,
-  i.e. revision 0001 (the baseline): stamp it so, then upgrade.
+- ``alembic_version`` at head: nothing at all;
+- ``alembic_version`` behind head, or tables but no ``alembic_version`` (a database made by
+  ``create_all`` before migrations existed, i.e. revision 0001, the baseline): the server refuses
+  to start (``SchemaOutdated``), and ``runforge db upgrade`` upgrades it. An upgrade is an
+  operator's decision: it may rebuild tables, and code that several processes or hosts run
+  against one database must not change its schema because one of them happened to start first;
+- a revision this code does not know (written by a newer Runforge): refused (``SchemaUnknown``).
 
 The caller's connection is handed to Alembic through ``config.attributes["connection"]``
 (read by migrations/env.py), so everything, DDL included, commits or rolls back together.
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 # Before Alembic is imported: it logs some twenty INFO lines at every start (a "setup plugin" line
 # per plugin at import, "Context impl SQLiteImpl." per run), and the CLI logs at INFO. We log what
@@ -45,25 +51,116 @@ PG_SCHEMA_LOCK_KEY = 0x52554E46  # "RUNF"
 log = logging.getLogger(__name__)
 
 
-def upgrade_schema(connection: Connection) -> None:
-    """Create or upgrade the schema to head. Call inside a transaction (``conn.run_sync`` in ``engine.begin``)."""
+class SchemaError(RuntimeError):
+    """The database's schema is not one this Runforge can use; the message says what to do."""
+
+
+class SchemaOutdated(SchemaError):
+    """The database is behind this code's head revision: `runforge db upgrade` brings it there."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        self.current = current  # None: made before migrations (the baseline, 0001, in effect)
+        self.head = head
+        where = (
+            f"was made before schema migrations (revision {BASELINE_REVISION} in effect)"
+            if current is None
+            else f"is at schema revision {current}"
+        )
+        super().__init__(
+            f"the database {where}, and this Runforge needs revision {head}. Upgrade it with "
+            "`runforge db upgrade` (same RUNFORGE_DATABASE_URL or RUNFORGE_DATA_DIR as the server; "
+            "back the database up first if you may want to go back), then start again."
+        )
+
+
+class SchemaUnknown(SchemaError):
+    """The database is at a revision this code does not ship: written by a newer Runforge."""
+
+    def __init__(self, current: str) -> None:
+        self.current = current
+        super().__init__(
+            f"the database is at schema revision {current!r}, which this Runforge does not know: "
+            "it was written by a newer version. Run that version, or restore a backup."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    """Where a database stands, read without changing anything (`runforge db current`)."""
+
+    current: str | None  # the alembic_version row; None when there is none
+    head: str
+    has_tables: bool  # any of the models' tables (so: current None and tables = made before migrations)
+    known: bool = True  # False: `current` is a revision this code does not ship
+
+    @property
+    def status(self) -> Literal["empty", "legacy", "current", "behind", "unknown"]:
+        if self.current is None:
+            return "legacy" if self.has_tables else "empty"
+        if not self.known:
+            return "unknown"
+        return "current" if self.current == self.head else "behind"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaChange:
+    """What ``prepare_schema`` did."""
+
+    before: str | None  # the revision found; None: an empty database, or one made before migrations
+    after: str
+    action: Literal["created", "upgraded", "unchanged"]
+    legacy: bool = False  # `before` is None because the database predates migrations (0001 in effect)
+
+
+def head_revision() -> str:
+    head = _script_directory().get_current_head()
+    assert head is not None, "no revision in app/store/migrations/versions"
+    return head
+
+
+def inspect_schema(connection: Connection) -> SchemaState:
+    """The database's revision against head, without writing anything."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    return SchemaState(
+        current=current,
+        head=head_revision(),
+        has_tables=current is not None or _has_app_tables(connection),
+        known=current is None or _is_known(current),
+    )
+
+
+def prepare_schema(connection: Connection, *, upgrade: bool) -> SchemaChange:
+    """Create an empty database at head; with ``upgrade``, also upgrade an older one, else refuse it.
+
+    Raises ``SchemaOutdated`` (behind head, ``upgrade`` false) or ``SchemaUnknown`` (a newer
+    revision). Call inside a transaction (``conn.run_sync`` in ``engine.begin``).
+    """
     _serialize_schema_changes(connection)
     context = MigrationContext.configure(connection)
     current = context.get_current_revision()
-    head = _script_directory().get_current_head()
-    if current is None and not _has_app_tables(connection):
+    head = head_revision()
+    if current == head:
+        return SchemaChange(before=head, after=head, action="unchanged")
+    legacy = current is None and _has_app_tables(connection)
+    if current is None and not legacy:
         _create_at_head(connection, context)
         log.info("created the database schema at revision %s", head)
-        return
-    if current is None:
+        return SchemaChange(before=None, after=head, action="created")
+    if current is not None and not _is_known(current):
+        raise SchemaUnknown(current)
+    if not upgrade:
+        raise SchemaOutdated(current, head)
+    if legacy:
         log.info("database made before schema migrations: taking it as revision %s", BASELINE_REVISION)
         context.stamp(_script_directory(), BASELINE_REVISION)
-    elif current == head:
-        return
-    else:
-        _check_known(current)
     log.info("upgrading the database schema from revision %s to %s", current or BASELINE_REVISION, head)
     command.upgrade(alembic_config(connection), "head")
+    return SchemaChange(before=current, after=head, action="upgraded", legacy=legacy)
+
+
+def upgrade_schema(connection: Connection) -> SchemaChange:
+    """Create or upgrade the schema to head (``runforge db upgrade``)."""
+    return prepare_schema(connection, upgrade=True)
 
 
 def _create_at_head(connection: Connection, context: MigrationContext) -> None:
@@ -75,15 +172,11 @@ def _create_at_head(connection: Connection, context: MigrationContext) -> None:
     context.stamp(_script_directory(), "head")
 
 
-def _check_known(revision: str) -> None:
-    """Fail with a message an operator can act on, not Alembic's "Can't locate revision"."""
+def _is_known(revision: str) -> bool:
     try:
-        _script_directory().get_revision(revision)
-    except CommandError as exc:
-        raise RuntimeError(
-            f"the database is at schema revision {revision!r}, which this Runforge does not know: "
-            "it was written by a newer version. Run that version, or restore a backup."
-        ) from exc
+        return _script_directory().get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
