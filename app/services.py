@@ -12,6 +12,8 @@ import anyio
 
 from app.agent.codegen import CodegenDeps, run_codegen
 from app.checkpoints import Checkpoints
+from app.cluster import Cluster
+from app.cluster.node import new_worker_id
 from app.control.manager import RunManager
 from app.llm.client import LLMClient
 from app.llm.simulator import SimulatorConfig, SimulatorServer
@@ -19,7 +21,7 @@ from app.presets import Catalog, load_catalog
 from app.settings import Settings
 from app.store.db import Database
 from app.store.models import User
-from app.store.repo import Apps, Runs, Users, hash_token
+from app.store.repo import Apps, Runs, Users, Workers, hash_token
 from app.workspace.preview_links import PreviewLinks
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class Services:
     checkpoints: Checkpoints
     preview_links: PreviewLinks
     simulator: SimulatorServer | None
+    # Several workers (RUNFORGE_BROKER_URL): this worker's part; None in a single process.
+    cluster: Cluster | None
     # Set by sse-starlette when the server is asked to exit (SIGTERM/SIGINT).
     shutdown_signal: anyio.Event
     _auth_cache: dict[str, User]
@@ -49,10 +53,15 @@ class Services:
     async def start(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
         await db.create_schema()
-        runs = Runs(db)
-        abandoned = await runs.fail_abandoned()
-        if abandoned:
-            log.warning("marked %d run(s) left active by a previous process as failed", abandoned)
+        worker_id = settings.cluster.worker_id or new_worker_id()
+        runs = Runs(db, worker_id, exclusive_apps=settings.cluster.enabled)
+        cluster = Cluster(settings.cluster, worker_id, runs, Workers(db)) if settings.cluster.enabled else None
+        if cluster is None:
+            # One process: whatever a previous one left active died with it. With several
+            # workers, the others' runs are alive: lost workers are found by heartbeat instead.
+            abandoned = await runs.fail_abandoned()
+            if abandoned:
+                log.warning("marked %d run(s) left active by a previous process as failed", abandoned)
         simulator = await _start_simulator(settings) if settings.uses_simulator else None
         base_url = simulator.base_url if simulator else str(settings.llm.base_url)
         llm = LLMClient(settings.llm, base_url)
@@ -69,7 +78,11 @@ class Services:
             build=settings.build,
             tool_delay_s=settings.tool_delay_s,
         )
-        manager = RunManager(runs, functools.partial(run_codegen, deps=deps), retain_s=settings.finished_run_ttl_s)
+        manager = RunManager(
+            runs, functools.partial(run_codegen, deps=deps), retain_s=settings.finished_run_ttl_s, peers=cluster
+        )
+        if cluster is not None:
+            await cluster.start(manager)
         await asyncio.to_thread(settings.workspaces_dir.mkdir, parents=True, exist_ok=True)
         return cls(
             settings,
@@ -83,12 +96,15 @@ class Services:
             checkpoints,
             preview_links,
             simulator,
+            cluster,
             anyio.Event(),
             {},
         )
 
     async def stop(self) -> None:
         await self.manager.shutdown(self.settings.shutdown_grace_s)
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.llm.close()
         if self.simulator is not None:
             await asyncio.to_thread(self.simulator.stop)

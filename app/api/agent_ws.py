@@ -29,7 +29,8 @@ from litestar.exceptions import WebSocketDisconnect
 
 from app.api.chat import GenRequest, start_code_run
 from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
-from app.control.cancel import StopReason, uncancel_current_task
+from app.api.sse import stop_elsewhere
+from app.control.cancel import StopMode, StopReason, uncancel_current_task
 from app.control.events import Done, Failed, Interrupted, LoggedEvent
 from app.control.manager import Multitask
 from app.control.run import RUN_ID_PATTERN, CancelOutcome, Run
@@ -222,7 +223,8 @@ class AgentSession:
         if run is None:
             row = await self._services.runs.get(request_id)
             if row is not None and row.user_id == self._user.id:
-                return "ALREADY_FINISHED", None
+                stopped = await stop_elsewhere(self._services, row, StopReason.USER_STOP, StopMode.IMMEDIATE)
+                return ("SUCCESS" if stopped else "ALREADY_FINISHED"), None
         return "NOT_FOUND", self._not_found_hint(request_id)
 
     def _not_found_hint(self, unknown_id: str) -> str:

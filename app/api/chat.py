@@ -12,13 +12,16 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app
-from app.api.sse import event_stream
+from app.api.sse import event_stream, stop_elsewhere
 from app.control.cancel import StopMode, StopReason
 from app.control.manager import Multitask, RunRequest
 from app.control.run import RUN_ID_PATTERN, CancelOutcome, OnDisconnect, Run
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.services import Services
 from app.store.models import User
+
+# How long a rollback stop sent to another worker waits for the restore before answering.
+ROLLBACK_WAIT_S = 30.0
 
 
 class GenRequest(msgspec.Struct):
@@ -121,11 +124,7 @@ async def stop_run(
     """
     run = services.manager.get(run_id)
     if run is None:
-        row = await services.runs.get(run_id)
-        if row is None:
-            raise NotFound(f"no run {run_id!r}", code="run_not_found")
-        check_run_owner(row.user_id, user, run_id)
-        return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
+        return await _stop_recorded(services, user, run_id, mode)
     check_run_owner(run.user_id, user, run_id)
     outcome = run.cancel(StopReason.USER_STOP, mode)
     accepted = {"runId": run_id, "status": "stopping", "mode": run.stop_mode.value}
@@ -134,4 +133,22 @@ async def stop_run(
     # Stopped already, completing, or rolling back: the final status follows within milliseconds.
     await run.wait_finished()
     final = {"runId": run_id, "status": run.status.value, "mode": run.stop_mode.value, "rolledBack": run.rolled_back}
+    return Response(final, status_code=HTTP_200_OK)
+
+
+async def _stop_recorded(services: Services, user: User, run_id: str, mode: StopMode) -> Response[dict[str, Any]]:
+    """A run not in this worker's memory: another worker's (stopped through it), or finished."""
+    row = await services.runs.get(run_id)
+    if row is None:
+        raise NotFound(f"no run {run_id!r}", code="run_not_found")
+    check_run_owner(row.user_id, user, run_id)
+    if not await stop_elsewhere(services, row, StopReason.USER_STOP, mode):
+        return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
+    if mode is not StopMode.ROLLBACK:
+        return Response({"runId": run_id, "status": "stopping", "mode": mode.value}, status_code=HTTP_202_ACCEPTED)
+    # As on the owner, a rollback stop answers once the files are back.
+    assert services.cluster is not None
+    await services.cluster.wait_ended(run_id, ROLLBACK_WAIT_S)
+    row = await services.runs.get(run_id) or row
+    final = {"runId": run_id, "status": row.status, "mode": row.stop_mode or mode.value, "rolledBack": row.rolled_back}
     return Response(final, status_code=HTTP_200_OK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from importlib import resources
 from typing import Any
 
@@ -69,6 +70,9 @@ async def healthz(services: ServicesDep) -> dict[str, Any]:
         "activeRuns": manager.active_count,
         "runTasks": manager.task_count,
         "retainedRuns": manager.retained_count,
+        # Several workers: this worker's id (runs' `worker`), and runs still being mirrored to Redis.
+        "worker": services.cluster.worker_id if services.cluster else None,
+        "pid": os.getpid(),
     }
 
 

@@ -20,7 +20,8 @@ from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
 
 from app.api.deps import CurrentUser, ServicesDep, bearer_token, check_run_owner
 from app.api.proxy_relay import AsgiReply, relay
-from app.control.cancel import StopReason
+from app.api.sse import stop_elsewhere
+from app.control.cancel import StopMode, StopReason
 from app.control.manager import RunRequest
 from app.control.run import CancelOutcome, Run, RunKind
 from app.errors import AppError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
@@ -152,6 +153,8 @@ async def _interrupt_recorded(services: Services, user: User, request_id: str) -
     if row is None:
         raise NotFound(f"no request {request_id!r}: it never ran here or is unknown", code="request_not_found")
     check_run_owner(row.user_id, user, request_id)
+    if await stop_elsewhere(services, row, StopReason.USER_STOP, StopMode.IMMEDIATE):
+        return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", "stopping")
     return _interrupt_answer(request_id, f"Request {request_id} had already finished", row.status)
 
 

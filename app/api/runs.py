@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, cast
 
-import msgspec
 from litestar import Controller, get
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.types import ASGIApp
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response as PlainResponse
 
 from app.api.deps import CurrentUser, ServicesDep, check_run_owner
-from app.api.sse import event_stream, parse_last_event_id
+from app.api.sse import (
+    ACTIVE_STATUSES,
+    event_stream,
+    final_event_stream,
+    parse_last_event_id,
+    remote_event_stream,
+)
 from app.api.views import live_run_view, row_run_view
 from app.control.run import OnDisconnect, Run
 from app.errors import BadRequest, Conflict, NotFound
@@ -57,7 +61,8 @@ class RunsController(Controller):
         if run is not None:
             check_run_owner(run.user_id, user, run_id)
             return _join_live(services, run, after, on_disconnect)
-        return _replay_final(await _owned_row(services, user, run_id), after)
+        row = await _owned_row(services, user, run_id)
+        return await _join_recorded(services, row, after, on_disconnect)
 
 
 def _join_live(services: Services, run: Run, after: int, on_disconnect: OnDisconnect) -> ASGIApp:
@@ -71,29 +76,17 @@ def _join_live(services: Services, run: Run, after: int, on_disconnect: OnDiscon
     return cast(ASGIApp, event_stream(services, run, after, on_disconnect))
 
 
-def _replay_final(row: RunRow, after: int) -> ASGIApp:
-    """A run no longer in memory: only its terminal event can be given again."""
-    if row.status not in ("completed", "interrupted", "failed"):
-        raise Conflict(f"run {row.id} is not active in this server", code="run_not_here")
-    if after >= row.last_seq:
+async def _join_recorded(services: Services, row: RunRow, after: int, on_disconnect: OnDisconnect) -> ASGIApp:
+    """A run not in this worker's memory: another worker's (its Redis Stream), or a finished one."""
+    active = row.status in ACTIVE_STATUSES
+    if not active and after >= row.last_seq:
         return no_content()
-    event, payload = _terminal(row)
-
-    async def once() -> Any:
-        yield ServerSentEvent(data=payload, event=event, id=f"{row.id}:{row.last_seq}")
-
-    return cast(ASGIApp, EventSourceResponse(once(), headers={"X-Run-Id": row.id}))
-
-
-def _terminal(row: RunRow) -> tuple[str, str]:
-    if row.status == "completed":
-        body: dict[str, Any] = {"finishReason": row.finish_reason, "steps": row.steps}
-        body["toolCalls"] = row.tool_calls_executed
-        return "done", msgspec.json.encode({**body, "runId": row.id}).decode()
-    if row.status == "interrupted":
-        return "interrupted", msgspec.json.encode({"reason": row.stop_reason, "runId": row.id}).decode()
-    error = {"code": row.error_code, "message": row.error_message}
-    return "failed", msgspec.json.encode({"error": error, "runId": row.id}).decode()
+    cluster = services.cluster
+    if cluster is not None and (active or await cluster.streams.exists(row.id)):
+        return cast(ASGIApp, remote_event_stream(services, row, after, on_disconnect))
+    if active:
+        raise Conflict(f"run {row.id} is not active in this server", code="run_not_here")
+    return cast(ASGIApp, final_event_stream(services, row))
 
 
 async def _owned_row(services: Services, user: User, run_id: str) -> RunRow:

@@ -1,53 +1,144 @@
-"""Serving a run's event log as SSE. The response only follows the log; the run lives elsewhere."""
+"""Serving a run's events as SSE. The response only follows events; the run lives elsewhere.
+
+Two sources: the run's in-memory log (this worker owns the run), or the run's Redis Stream (another
+worker owns it, see app/cluster/streams.py). Both give the same frames, ids included.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 from sse_starlette import EventSourceResponse
 
-from app.control.cancel import StopReason
+from app.control.cancel import StopMode, StopReason
+from app.control.events import SSE_SEPARATOR
 from app.control.run import OnDisconnect, Run
 from app.errors import BadRequest
 from app.services import Services
+from app.store.models import Run as RunRow
 
 # A slow reader that cannot take an event within this time is disconnected.
 SEND_TIMEOUT_S = 30.0
 # After SIGTERM, streams get this long to deliver their `interrupted` event.
 SHUTDOWN_GRACE_S = 2.0
+ACTIVE_STATUSES = frozenset({"queued", "running"})
+
+# Stops sent to another worker for clients that went away: referenced until they are sent.
+_remote_stops: set[asyncio.Task[Any]] = set()
 
 
 def event_stream(services: Services, run: Run, after_seq: int, on_disconnect: OnDisconnect) -> EventSourceResponse:
+    """Follow a run of this worker from its log."""
+
+    async def frames() -> AsyncGenerator[bytes, None]:
+        async with contextlib.aclosing(run.log.follow(after_seq)) as batches:
+            async for batch in batches:
+                wire = b"".join(event.wire for event in batch)
+                if wire:  # a chat run's chunks without text have no SSE frame
+                    yield wire
+
+    def on_lost() -> None:
+        run.cancel(StopReason.CLIENT_DISCONNECT)
+
+    return _response(services, run.id, frames(), on_lost if on_disconnect is OnDisconnect.CANCEL else None)
+
+
+def remote_event_stream(
+    services: Services, row: RunRow, after_seq: int, on_disconnect: OnDisconnect
+) -> EventSourceResponse:
+    """Follow a run of another worker from its Redis Stream (the row says who owns it)."""
+    cluster = services.cluster
+    assert cluster is not None, "a remote stream needs the cluster"
+
+    async def run_ended() -> bytes | None:
+        fresh = await services.runs.get(row.id)
+        return None if fresh is not None and fresh.status in ACTIVE_STATUSES else terminal_frame(fresh or row)
+
+    def on_lost() -> None:
+        stop = cluster.request_stop(row.id, row.owner_worker, StopReason.CLIENT_DISCONNECT, StopMode.IMMEDIATE)
+        task = asyncio.ensure_future(stop)
+        _remote_stops.add(task)
+        task.add_done_callback(_remote_stops.discard)
+
+    frames = cluster.streams.follow(row.id, after_seq, run_ended)
+    return _response(services, row.id, frames, on_lost if on_disconnect is OnDisconnect.CANCEL else None)
+
+
+async def stop_elsewhere(services: Services, row: RunRow, reason: StopReason, mode: StopMode) -> bool:
+    """Send a stop to the worker that owns an active run. False if no other worker owns it."""
+    cluster = services.cluster
+    if cluster is None or row.status not in ACTIVE_STATUSES or row.owner_worker == cluster.worker_id:
+        return False
+    await cluster.request_stop(row.id, row.owner_worker, reason, mode)
+    return True
+
+
+def final_event_stream(services: Services, row: RunRow) -> EventSourceResponse:
+    """A finished run whose events are gone: only its terminal event can be given again."""
+
+    async def frames() -> AsyncGenerator[bytes, None]:
+        yield terminal_frame(row)
+
+    return _response(services, row.id, frames(), None)
+
+
+def _response(
+    services: Services, run_id: str, frames: AsyncGenerator[bytes, None], on_lost: Callable[[], None] | None
+) -> EventSourceResponse:
+    lost = False
+
+    def client_lost() -> None:
+        nonlocal lost
+        if on_lost is not None and not lost:  # reported twice: by the close handler and the generator
+            lost = True
+            on_lost()
+
     async def events() -> AsyncIterator[bytes]:
         delivered_terminal = False
         try:
-            async with contextlib.aclosing(run.log.follow(after_seq)) as batches:
-                async for batch in batches:
-                    wire = b"".join(event.wire for event in batch)
-                    if wire:  # a chat run's chunks without text have no SSE frame
-                        yield wire
+            async with contextlib.aclosing(frames) as source:
+                async for frame in source:
+                    yield frame
             delivered_terminal = True
         finally:
             # Ended without its terminal event: the client went away, or could not keep up
             # (send timeout), which sse-starlette does not report as a disconnect.
-            if not delivered_terminal and on_disconnect is OnDisconnect.CANCEL:
-                run.cancel(StopReason.CLIENT_DISCONNECT)
+            if not delivered_terminal:
+                client_lost()
 
     async def on_client_close(_: Any) -> None:
-        if on_disconnect is OnDisconnect.CANCEL:
-            run.cancel(StopReason.CLIENT_DISCONNECT)
+        client_lost()
 
     return EventSourceResponse(
         events(),
-        headers={"X-Run-Id": run.id},
+        headers={"X-Run-Id": run_id},
         ping=services.settings.sse_ping_s,
         send_timeout=SEND_TIMEOUT_S,
         client_close_handler_callable=on_client_close,
         shutdown_event=services.shutdown_signal,
         shutdown_grace_period=SHUTDOWN_GRACE_S,
     )
+
+
+def terminal_frame(row: RunRow) -> bytes:
+    """A recorded run's terminal event, as the run itself sent it (same id, name and fields)."""
+    body: dict[str, Any]
+    if row.status == "completed":
+        name = "done"
+        body = {"finishReason": row.finish_reason, "steps": row.steps, "toolCalls": row.tool_calls_executed}
+    elif row.status == "interrupted":
+        name = "interrupted"
+        body = {"reason": row.stop_reason, "mode": row.stop_mode or StopMode.IMMEDIATE.value}
+    else:
+        name = "failed"
+        body = {"error": {"code": row.error_code, "message": row.error_message}}
+    data = msgspec.json.encode({**body, "runId": row.id}).decode()
+    sep = SSE_SEPARATOR
+    return f"id: {row.id}:{row.last_seq}{sep}event: {name}{sep}data: {data}{sep}{sep}".encode()
 
 
 def parse_last_event_id(value: str | None, run_id: str) -> int:

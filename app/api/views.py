@@ -82,7 +82,9 @@ def row_run_view(row: RunRow) -> dict[str, Any]:
         "toolCallsSkipped": row.tool_calls_skipped,
         "usage": row.usage,
         "lastSeq": row.last_seq,
-        "live": False,
+        # Active on another worker (several workers): its events can be joined from here.
+        "live": row.status in ("queued", "running"),
+        "worker": row.owner_worker,
     }
 
 

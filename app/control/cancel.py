@@ -36,6 +36,8 @@ class StopReason(StrEnum):
     SHUTDOWN = "shutdown"
     # The run could not be recorded (its id belongs to an older run): see RunManager._reject.
     REJECTED = "rejected"
+    # Another worker took this one for lost and failed its runs (app/cluster): stop what is left.
+    WORKER_LOST = "worker_lost"
 
 
 class StopMode(StrEnum):

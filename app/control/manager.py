@@ -22,7 +22,7 @@ from typing import Protocol
 
 from app.control.cancel import StopReason
 from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder
-from app.errors import AppError, Conflict, ServiceUnavailable
+from app.errors import AppBusy, AppError, Conflict, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,27 @@ class RunStore(RunRecorder, Protocol):
         """Raises Conflict (run_id_taken) if the id is used, NotFound if the app is gone."""
 
 
+class RunPeers(Protocol):
+    """The other workers sharing the database (app/cluster); None in a single process."""
+
+    def launched(self, run: Run) -> None:
+        """A run of this worker has started (its events are mirrored for the others)."""
+
+    async def make_room(self, app_id: str, reject: bool) -> None:
+        """Until the app has no active run on another worker (stopped, or Conflict if reject)."""
+
+
+# With several workers, a start can lose the race for an app to a start on another worker
+# (the insert's check raises AppBusy): it makes room again, this many times in all.
+START_ATTEMPTS = 3
+
+
 class RunManager:
-    def __init__(self, store: RunStore, job: Job, *, retain_s: float = 600.0) -> None:
+    def __init__(self, store: RunStore, job: Job, *, retain_s: float = 600.0, peers: RunPeers | None = None) -> None:
         self._store = store
         self._job = job
         self._retain_s = retain_s
+        self._peers = peers
         self._active: dict[str, Run] = {}  # run id -> run, until its task is done
         self._active_by_app: dict[str, Run] = {}
         self._finished: OrderedDict[str, tuple[float, Run]] = OrderedDict()
@@ -111,15 +127,23 @@ class RunManager:
             if request.app_id is None:
                 return await self._create_and_launch(request)
             async with self._app_lock(request.app_id):
-                await self._make_room(request.app_id, request.multitask)
-                # An id used by an earlier run fails the insert (unique key): 409 run_id_taken.
-                return await self._create_and_launch(request)
+                for attempt in range(1, START_ATTEMPTS + 1):
+                    await self._make_room(request.app_id, request.multitask)
+                    try:
+                        # An id used by an earlier run fails the insert (unique key): 409 run_id_taken.
+                        return await self._create_and_launch(request)
+                    except AppBusy:
+                        if attempt == START_ATTEMPTS:
+                            raise
+                raise AssertionError("unreachable")
         finally:
             self._reserved.discard(request.run_id)
 
     async def delete_app(self, app_id: str, delete: Callable[[], Awaitable[None]]) -> None:
         """Stop the app's active run, wait until it has ended, then delete: no start can slip in."""
         async with self._app_lock(app_id):
+            if self._peers is not None:  # a run of the app on another worker is stopped too
+                await self._peers.make_room(app_id, reject=False)
             run = self._active_by_app.get(app_id)
             if run is not None:
                 run.cancel(StopReason.USER_STOP)
@@ -134,6 +158,8 @@ class RunManager:
         agent would mix two histories.
         """
         async with self._app_lock(app_id):
+            if self._peers is not None:  # Conflict for a run on another worker, as for one here
+                await self._peers.make_room(app_id, reject=True)
             run = self._active_by_app.get(app_id)
             if run is not None:
                 raise Conflict(f"app {app_id} has an active run {run.id}; stop it first", code="run_active")
@@ -175,6 +201,8 @@ class RunManager:
         self._reserved.add(run_id)
 
     async def _make_room(self, app_id: str, multitask: Multitask) -> None:
+        if self._peers is not None:
+            await self._peers.make_room(app_id, reject=multitask is Multitask.REJECT)
         old = self._active_by_app.get(app_id)
         if old is None:
             return
@@ -202,7 +230,8 @@ class RunManager:
         if run.app_id is not None:
             self._active_by_app[run.app_id] = run
         job = request.job or self._job
-        if request.deferred_insert:
+        # Several workers: a stop from another worker finds a run by its row, so the row comes first.
+        if request.deferred_insert and self._peers is None:
             return self._launch_then_insert(run, job)
         try:
             await self._store.insert_run(run)
@@ -260,6 +289,8 @@ class RunManager:
         task = run.start(job, recorder)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._on_done(run, t))
+        if self._peers is not None:
+            self._peers.launched(run)
 
     def _forget(self, run: Run) -> None:
         # By identity: an id can belong to another run by now (a rejected run's, reused).

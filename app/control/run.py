@@ -105,6 +105,10 @@ class EventLog:
         self._wakeup = asyncio.Event()
         return True
 
+    def since(self, seq: int) -> list[LoggedEvent]:
+        """The events after ``seq``, as they are now (for readers that poll: app/cluster/streams.py)."""
+        return self._events[seq:]
+
     def drop_relay(self) -> None:
         """Forget the upstream frames kept for a /v1 client once it has them all.
 
