@@ -33,12 +33,19 @@ class PreviewLinks:
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
         secret = secrets.token_bytes(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first: use theirs
-            return cls(bytes.fromhex(path.read_text().strip()))
+        # Written whole under a temporary name, then linked into place: link() fails if the key
+        # exists, so of several workers starting together one key wins, and no worker can read
+        # a key file another has created but not yet written.
+        temp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secret.hex() + "\n")
+        try:
+            os.link(temp, path)
+        except FileExistsError:  # another process created it first: use theirs
+            return cls(bytes.fromhex(path.read_text().strip()))
+        finally:
+            temp.unlink()
         return cls(secret)
 
     def key(self, app_id: str) -> str:
