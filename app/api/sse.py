@@ -20,12 +20,17 @@ from app.control.run import OnDisconnect, Run
 from app.errors import BadRequest
 from app.services import Services
 from app.store.models import Run as RunRow
+from app.store.models import utcnow
 
 # A slow reader that cannot take an event within this time is disconnected.
 SEND_TIMEOUT_S = 30.0
 # After SIGTERM, streams get this long to deliver their `interrupted` event.
 SHUTDOWN_GRACE_S = 2.0
 ACTIVE_STATUSES = frozenset({"queued", "running"})
+# Failures after which no worker will publish a run's events any more.
+OWNER_GONE = frozenset({"worker_lost", "outcome_lost", "server_restart"})
+# How long after a run's end its owner may still be writing a stream Redis lost (see above).
+REPUBLISH_GRACE_S = 30.0
 
 # Stops sent to another worker for clients that went away: referenced until they are sent.
 _remote_stops: set[asyncio.Task[Any]] = set()
@@ -54,9 +59,9 @@ def remote_event_stream(
     cluster = services.cluster
     assert cluster is not None, "a remote stream needs the cluster"
 
-    async def run_ended() -> bytes | None:
-        fresh = await services.runs.get(row.id)
-        return None if fresh is not None and fresh.status in ACTIVE_STATUSES else terminal_frame(fresh or row)
+    async def run_ended(last_seq: int) -> bytes | None:
+        fresh = await services.runs.get(row.id) or row
+        return terminal_frame(fresh) if _nothing_more_will_come(fresh, last_seq) else None
 
     def on_lost() -> None:
         stop = cluster.request_stop(row.id, row.owner_worker, StopReason.CLIENT_DISCONNECT, StopMode.IMMEDIATE)
@@ -75,6 +80,20 @@ async def stop_elsewhere(services: Services, row: RunRow, reason: StopReason, mo
         return False
     await cluster.request_stop(row.id, row.owner_worker, reason, mode)
     return True
+
+
+def _nothing_more_will_come(row: RunRow, last_seq: int) -> bool:
+    """Whether a quiet stream of a recorded run may end with the terminal event from the row.
+
+    Only when its owner is gone (nothing will be published), when the follower has everything
+    before the terminal event, or long after the run ended: an owner republishing a stream Redis
+    lost (restarted empty) may need a few seconds, and ending earlier would skip events.
+    """
+    if row.status in ACTIVE_STATUSES:
+        return False
+    if row.error_code in OWNER_GONE or last_seq >= row.last_seq - 1:
+        return True
+    return row.ended_at is None or (utcnow() - row.ended_at).total_seconds() > REPUBLISH_GRACE_S
 
 
 def final_event_stream(services: Services, row: RunRow) -> EventSourceResponse:

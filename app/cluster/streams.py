@@ -129,15 +129,18 @@ class RunStreams:
         return bool(await self._redis.exists(self.key(run_id)))
 
     async def follow(
-        self, run_id: str, after_seq: int, run_ended: Callable[[], Awaitable[bytes | None]]
+        self, run_id: str, after_seq: int, run_ended: Callable[[int], Awaitable[bytes | None]]
     ) -> AsyncGenerator[bytes, None]:
         """SSE frames after ``after_seq``, live, until the terminal one.
 
-        ``run_ended`` is asked whenever the stream has been quiet for a while: it returns the
-        terminal frame to send if the run is over (from its row), for a stream that lost its
-        terminal entry (Redis restarted without persistence, or the stream expired).
+        ``run_ended(last_seq)`` is asked whenever the stream has been quiet for a while (never
+        because Redis could not be read: that is a pause, not an end). Given the seq of the last
+        frame sent, it returns the terminal frame to end with if no more will come (from the
+        run's row), for a stream that lost its terminal entry (Redis restarted without
+        persistence, the stream expired, the owner died before it was written).
         """
-        last_id = f"0-{after_seq}"
+        last_id: str | bytes = f"0-{after_seq}"
+        last_seq = after_seq
         key = self.key(run_id)
         backoff = Backoff()
         while True:
@@ -148,10 +151,10 @@ class RunStreams:
             except (RedisError, OSError) as exc:
                 # Redis restarting: keep the client's stream open and read on from the same id.
                 log.warning("reading run events failed (%s); retrying", exc, extra={"run_id": run_id})
-                reply = None
                 await asyncio.sleep(backoff.next())
+                continue
             if not reply:
-                terminal = await run_ended()
+                terminal = await run_ended(last_seq)
                 if terminal is not None:
                     yield terminal
                     return
@@ -159,6 +162,7 @@ class RunStreams:
             frames: list[bytes] = []
             for entry_id, fields in reply[0][1]:
                 last_id = entry_id
+                last_seq = int(entry_id.rpartition(b"-")[2])
                 frames.append(fields[b"w"])
                 if b"t" in fields:
                     yield b"".join(frames)
