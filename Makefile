@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-pg lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(VENV)/.test-deps
 
 test: lint
 	$(BIN)/pytest -q
+
+# The suite again with every test server on a fresh PostgreSQL database (RUNFORGE_TEST_PG_URL's
+# server, default postgresql://postgres@127.0.0.1:5432/test); the page's browser tests excepted.
+test-pg: $(VENV)/.test-deps
+	RUNFORGE_TEST_DATABASE=postgresql $(BIN)/pytest -q --ignore=tests/browser
 
 bench: $(VENV)/.run-deps
 	$(BIN)/python bench/stop_latency.py

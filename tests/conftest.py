@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,9 +37,21 @@ def _no_real_llm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def test_database_url(request: pytest.FixtureRequest) -> str | None:
+    """None: each test server gets a fresh SQLite file (the default). With
+    RUNFORGE_TEST_DATABASE=postgresql, a fresh PostgreSQL database instead: the whole suite
+    then runs on PostgreSQL (`RUNFORGE_TEST_DATABASE=postgresql make test`)."""
+    if os.environ.get("RUNFORGE_TEST_DATABASE", "sqlite") != "postgresql":
+        return None
+    url: str = request.getfixturevalue("pg_database_url")
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, test_database_url: str | None) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
+        database_url=test_database_url,
         llm=LLMSettings(max_retries=0, timeout_s=30.0),
         simulator_pace_ms=2.0,
         sse_ping_s=5.0,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from app.store.db import Database
+from app.store.models import User
 from tests.support import ServerThread, collect, gen_url, open_stream
 
 COOKIE = "runforge_token"
@@ -112,11 +114,16 @@ async def test_home_page_signed_out(anonymous: httpx.AsyncClient) -> None:
     assert "Signed in as" not in response.text
 
 
+async def _token_hashes(db: Database) -> dict[str, str]:
+    async with db.read() as session:
+        rows = await session.execute(select(User.name, User.token_hash))
+        return {row.name: row.token_hash for row in rows}
+
+
 async def test_tokens_are_stored_hashed(server: ServerThread, token: str) -> None:
     other = server.add_user("bob")
     data_dir = server.settings.data_dir
-    with sqlite3.connect(data_dir / "runforge.db") as db:
-        rows = dict(db.execute("SELECT name, token_hash FROM users").fetchall())
+    rows = await server.acall(_token_hashes(server.services.db))
     assert rows == {
         "alice": hashlib.sha256(token.encode()).hexdigest(),
         "bob": hashlib.sha256(other.encode()).hexdigest(),

@@ -84,7 +84,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
     children: list[Child] = []
     logs: list[IO[bytes]] = []
 
-    async def start(*args: str, data_dir: Path) -> Child:
+    async def start(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> Child:
         log_path = tmp_path / f"child-{len(children)}.log"
         log = open_log(log_path)
         logs.append(log)
@@ -94,7 +94,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
             "app",
             *args,
             cwd=REPO,
-            env=child_env(data_dir),
+            env={**child_env(data_dir), **(env or {})},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
@@ -157,7 +157,9 @@ def run_row(data_dir: Path, run_id: str) -> dict[str, Any]:
 
 async def test_user_add_prints_the_token_last(server: ServerThread, spawn: Spawn) -> None:
     data_dir = server.settings.data_dir
-    added = await spawn("user", "add", "carol", data_dir=data_dir)
+    # The server's database, whichever it is (RUNFORGE_TEST_DATABASE=postgresql runs it on PostgreSQL).
+    env = {"RUNFORGE_DATABASE_URL": server.settings.resolved_database_url}
+    added = await spawn("user", "add", "carol", data_dir=data_dir, env=env)
     assert await added.finish() == 0, added.stderr()
     token = added.output.rstrip("\n").splitlines()[-1]
     assert re.fullmatch(r"[\w-]{32,}", token), added.output
@@ -169,7 +171,7 @@ async def test_user_add_prints_the_token_last(server: ServerThread, spawn: Spawn
         assert created.status_code == 201
         assert [a["id"] for a in (await http.get("/apps", headers=headers)).json()] == [created.json()["id"]]
 
-    again = await spawn("user", "add", "carol", data_dir=data_dir)
+    again = await spawn("user", "add", "carol", data_dir=data_dir, env=env)
     assert await again.finish() != 0
     assert token not in again.output
     assert "already exists" in again.stderr()
