@@ -1,17 +1,70 @@
-"""`python -m app ...` subprocesses with an environment of the test's choosing (database, broker, workers).
-
-The same children as tests/test_processes.py's `spawn` (Child, child_env), plus `env` overrides.
-"""
+"""`python -m app ...` subprocesses (the real CLI), with an environment of the test's choosing."""
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import os
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.test_processes import REPO, Child, child_env
+import httpx
+
+from tests.support import HANG_TIMEOUT_S
+
+REPO = Path(__file__).resolve().parents[1]
+EXIT_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Child:
+    """A `python -m app ...` subprocess; stdout is read incrementally, stderr goes to a log file."""
+
+    proc: asyncio.subprocess.Process
+    log: Path
+    output: str = ""
+    _decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
+
+    async def expect(self, pattern: str) -> re.Match[str]:
+        """Read stdout until `pattern` matches somewhere in everything printed so far."""
+        regex = re.compile(pattern)
+        async with asyncio.timeout(HANG_TIMEOUT_S):
+            while (match := regex.search(self.output)) is None:
+                if not await self._read():
+                    raise AssertionError(f"stdout ended before {pattern!r}:\n{self.output}\n{self.stderr()}")
+        return match
+
+    async def finish(self) -> int:
+        """Read stdout to its end and return the exit code."""
+        async with asyncio.timeout(EXIT_TIMEOUT_S):
+            while await self._read():
+                pass
+            return await self.proc.wait()
+
+    def stderr(self) -> str:
+        return "--- stderr:\n" + self.log.read_text(errors="replace")
+
+    async def _read(self) -> bool:
+        assert self.proc.stdout is not None
+        chunk = await self.proc.stdout.read(4096)
+        self.output += self._decoder.decode(chunk, final=not chunk)
+        return bool(chunk)
+
+
+def child_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFORGE_", "OPENAI_"))}
+    env.update(
+        RUNFORGE_DATA_DIR=str(data_dir),
+        RUNFORGE_PORT="0",
+        RUNFORGE_SIM_PACE_MS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
 
 Spawn = Callable[..., Awaitable[Child]]
 
@@ -47,3 +100,36 @@ async def cli_children(log_dir: Path) -> AsyncIterator[Spawn]:
                 if child.proc.returncode is None:
                     child.proc.kill()
                 await child.proc.wait()
+
+
+@dataclass
+class ServeProcess:
+    child: Child
+    url: str
+    token: str | None
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0)
+
+
+async def start_serve(spawn: Spawn, data_dir: Path) -> ServeProcess:
+    child = await spawn("serve", "--port", "0", "--no-access-log", data_dir=data_dir)
+    url = (await child.expect(r"Runforge listening on (http://127\.0\.0\.1:\d+)\n"))[1]
+    login = await child.expect(r"\nLogin(?: URL: (\S+)|: .*)\n")
+    token = None
+    if login[1] is not None:
+        token_match = re.fullmatch(re.escape(url) + r"/\?token=([\w-]+)", login[1])
+        assert token_match is not None, login[1]
+        token = token_match[1]
+    # The banner is printed once the port is bound; requests are answered once the app has started.
+    async with httpx.AsyncClient(base_url=url, timeout=HANG_TIMEOUT_S) as http, asyncio.timeout(HANG_TIMEOUT_S):
+        while True:
+            try:
+                if (await http.get("/healthz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert child.proc.returncode is None, child.stderr()
+            await asyncio.sleep(0.02)
+    return ServeProcess(child, url, token)

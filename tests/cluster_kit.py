@@ -10,18 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
 from app.llm.simulator import RequestRecord, SimulatorConfig, SimulatorServer
+from tests.cli_kit import Child, Spawn, cli_children
 from tests.support import HANG_TIMEOUT_S
-from tests.test_processes import REPO, Child, child_env
 
 # Short enough for tests to see a lost worker within seconds, long enough for a loaded CI box.
 HEARTBEAT_S = 0.2
@@ -51,15 +50,14 @@ class Cluster:
     database_url: str
     redis_url: str
     simulator: SimulatorServer
-    log_dir: Path
-    prefix: str = field(default_factory=lambda: f"rftest{uuid.uuid4().hex[:10]}")
+    spawn: Spawn
+    prefix: str  # of every Redis key and channel of these workers
     workers: list[Worker] = field(default_factory=list)
     token: str = ""
-    _logs: list[IO[bytes]] = field(default_factory=list)
 
     def env(self, name: str, **extra: str) -> dict[str, str]:
-        env = child_env(self.data_dir)
-        env.update(
+        """A worker's environment, over the child's (tests/cli_kit.py: data dir, port 0)."""
+        return dict(
             RUNFORGE_DATABASE_URL=self.database_url,
             RUNFORGE_BROKER_URL=self.redis_url,
             RUNFORGE_BROKER_PREFIX=self.prefix,
@@ -70,29 +68,12 @@ class Cluster:
             RUNFORGE_LLM_BASE_URL=self.simulator.base_url,
             RUNFORGE_LLM_API_KEY="sim",
             RUNFORGE_BUILD="0",
+            **extra,
         )
-        env.update(extra)
-        return env
 
     async def start_worker(self, name: str, **extra_env: str) -> Worker:
-        log_path = self.log_dir / f"{name}.log"
-        log = log_path.open("wb")
-        self._logs.append(log)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "app",
-            "serve",
-            "--port",
-            "0",
-            "--no-access-log",
-            cwd=REPO,
-            env=self.env(name, **extra_env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-        )
-        worker = Worker(name, Child(proc, log_path))
+        serve = ("serve", "--port", "0", "--no-access-log")
+        worker = Worker(name, await self.spawn(*serve, data_dir=self.data_dir, env=self.env(name, **extra_env)))
         self.workers.append(worker)
         worker.url = (await worker.child.expect(r"Runforge listening on (http://127\.0\.0\.1:\d+)\n"))[1]
         login = await worker.child.expect(r"\nLogin(?: URL: \S+\?token=([\w-]+)|: .*)\n")
@@ -100,14 +81,6 @@ class Cluster:
             self.token = self.token or login[1]
         await _wait_healthy(worker)
         return worker
-
-    async def close(self) -> None:
-        for worker in self.workers:
-            if worker.child.proc.returncode is None:
-                worker.child.proc.kill()
-            await worker.child.proc.wait()
-        for log in self._logs:
-            log.close()
 
     def sim_records(self, run_id: str) -> list[RequestRecord]:
         return self.simulator.recorder.records(run_id)
@@ -139,13 +112,13 @@ async def running_cluster(tmp_path: Path, pg_database_url: str, redis_url: str) 
     await asyncio.to_thread(simulator.start)
     logs = tmp_path / "logs"
     logs.mkdir()
-    group = Cluster(tmp_path / "data", pg_database_url, redis_url, simulator, logs)
+    prefix = f"rftest{uuid.uuid4().hex[:10]}"
     try:
-        yield group
+        async with cli_children(logs) as spawn:  # kills every worker still running on exit
+            yield Cluster(tmp_path / "data", pg_database_url, redis_url, simulator, spawn, prefix)
     finally:
-        await group.close()
         await asyncio.to_thread(simulator.stop)
-        await _delete_keys(redis_url, group.prefix)
+        await _delete_keys(redis_url, prefix)
 
 
 async def _delete_keys(redis_url: str, prefix: str) -> None:

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.cli_kit import Spawn, cli_children
+from tests.cli_kit import Child, Spawn, cli_children, start_serve
 from tests.test_migrations import HEAD, LEGACY, in_transaction, open_database, upgrade_to
-from tests.test_processes import Child, start_serve
 
 
 @pytest.fixture

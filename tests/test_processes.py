@@ -3,148 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
-import os
 import re
 import signal
 import sqlite3
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
 
 from app.logs import RedactSecrets
-from tests.support import HANG_TIMEOUT_S, ServerThread, collect, gen_url, open_stream, wait_for_status
+from tests.cli_kit import EXIT_TIMEOUT_S, Spawn, cli_children, start_serve
+from tests.support import ServerThread, collect, gen_url, open_stream, wait_for_status
 
-REPO = Path(__file__).resolve().parents[1]
 LONG = "[sim:long_text pace=20 tokens=100000]"
-EXIT_TIMEOUT_S = 10.0
-
-
-@dataclass
-class Child:
-    """A `python -m app ...` subprocess; stdout is read incrementally, stderr goes to a log file."""
-
-    proc: asyncio.subprocess.Process
-    log: Path
-    output: str = ""
-    _decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
-
-    async def expect(self, pattern: str) -> re.Match[str]:
-        """Read stdout until `pattern` matches somewhere in everything printed so far."""
-        regex = re.compile(pattern)
-        async with asyncio.timeout(HANG_TIMEOUT_S):
-            while (match := regex.search(self.output)) is None:
-                if not await self._read():
-                    raise AssertionError(f"stdout ended before {pattern!r}:\n{self.output}\n{self.stderr()}")
-        return match
-
-    async def finish(self) -> int:
-        """Read stdout to its end and return the exit code."""
-        async with asyncio.timeout(EXIT_TIMEOUT_S):
-            while await self._read():
-                pass
-            return await self.proc.wait()
-
-    def stderr(self) -> str:
-        return "--- stderr:\n" + self.log.read_text(errors="replace")
-
-    async def _read(self) -> bool:
-        assert self.proc.stdout is not None
-        chunk = await self.proc.stdout.read(4096)
-        self.output += self._decoder.decode(chunk, final=not chunk)
-        return bool(chunk)
-
-
-Spawn = Callable[..., Awaitable[Child]]
-
-
-def child_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFORGE_", "OPENAI_"))}
-    env.update(
-        RUNFORGE_DATA_DIR=str(data_dir),
-        RUNFORGE_PORT="0",
-        RUNFORGE_SIM_PACE_MS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def open_log(path: Path) -> IO[bytes]:
-    return path.open("wb")
 
 
 @pytest.fixture
 async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
-    children: list[Child] = []
-    logs: list[IO[bytes]] = []
-
-    async def start(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> Child:
-        log_path = tmp_path / f"child-{len(children)}.log"
-        log = open_log(log_path)
-        logs.append(log)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "app",
-            *args,
-            cwd=REPO,
-            env={**child_env(data_dir), **(env or {})},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-        )
-        child = Child(proc, log_path)
-        children.append(child)
-        return child
-
-    try:
+    async with cli_children(tmp_path) as start:
         yield start
-    finally:
-        for child in children:
-            if child.proc.returncode is None:
-                child.proc.kill()
-            await child.proc.wait()
-        for log in logs:
-            log.close()
-
-
-@dataclass
-class ServeProcess:
-    child: Child
-    url: str
-    token: str | None
-
-    def client(self, token: str | None = None) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {token or self.token}"}
-        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0)
-
-
-async def start_serve(spawn: Spawn, data_dir: Path) -> ServeProcess:
-    child = await spawn("serve", "--port", "0", "--no-access-log", data_dir=data_dir)
-    url = (await child.expect(r"Runforge listening on (http://127\.0\.0\.1:\d+)\n"))[1]
-    login = await child.expect(r"\nLogin(?: URL: (\S+)|: .*)\n")
-    token = None
-    if login[1] is not None:
-        token_match = re.fullmatch(re.escape(url) + r"/\?token=([\w-]+)", login[1])
-        assert token_match is not None, login[1]
-        token = token_match[1]
-    # The banner is printed once the port is bound; requests are answered once the app has started.
-    async with httpx.AsyncClient(base_url=url, timeout=HANG_TIMEOUT_S) as http, asyncio.timeout(HANG_TIMEOUT_S):
-        while True:
-            try:
-                if (await http.get("/healthz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert child.proc.returncode is None, child.stderr()
-            await asyncio.sleep(0.02)
-    return ServeProcess(child, url, token)
 
 
 def run_row(data_dir: Path, run_id: str) -> dict[str, Any]:

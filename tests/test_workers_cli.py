@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_kit import Spawn, cli_children
+from tests.cli_kit import Child, Spawn, cli_children, start_serve
 from tests.process_kit import assert_all_dead, is_alive
 from tests.support import HANG_TIMEOUT_S
-from tests.test_processes import Child, start_serve
 
 
 @pytest.fixture
