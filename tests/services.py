@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 PG_URL = os.environ.get("RUNFORGE_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("RUNFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -55,6 +55,22 @@ async def redis_url() -> str:
     return REDIS_URL
 
 
+async def pg_admin(create: str) -> AsyncEngine:
+    """An AUTOCOMMIT engine on PG_URL's server, once `create` (a CREATE statement) has run there;
+    skips the test, or fails it where services are required, if the server is unreachable."""
+    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"timeout": CONNECT_TIMEOUT_S})
+    unreachable = None
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(create))
+    except (OSError, DBAPIError) as exc:
+        unreachable = f"{exc.__class__.__name__}: {exc}"
+    if unreachable is not None:
+        await admin.dispose()
+        require_service("PostgreSQL", f"PostgreSQL not reachable at {PG_URL}: {unreachable}")
+    return admin
+
+
 @pytest.fixture
 async def pg_database_url() -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database (`runforge_t_<hex>`) on PG_URL's server, dropped afterwards.
@@ -62,17 +78,8 @@ async def pg_database_url() -> AsyncIterator[str]:
     A database rather than a schema: any process can use it with a plain URL (a CLI subprocess,
     a server), no search_path trick needed.
     """
-    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"timeout": CONNECT_TIMEOUT_S})
     name = f"runforge_t_{uuid.uuid4().hex[:12]}"
-    unreachable = None
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except (OSError, DBAPIError) as exc:
-        unreachable = f"{exc.__class__.__name__}: {exc}"
-    if unreachable is not None:
-        await admin.dispose()
-        require_service("PostgreSQL", f"PostgreSQL not reachable at {PG_URL}: {unreachable}")
+    admin = await pg_admin(f'CREATE DATABASE "{name}"')
     try:
         yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     finally:

@@ -33,13 +33,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.store.db import Database
 from app.store.models import Base, Run, User
 from app.store.schema import BASELINE_REVISION, SchemaOutdated, SchemaUnknown, alembic_config
-from tests.services import PG_URL, require_service
+from tests.services import PG_URL, pg_admin
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 NOW = datetime(2026, 1, 2, 3, 4, 5)
@@ -144,17 +142,8 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL schema, dropped afterwards, as ``URL#schema`` (see open_database)."""
-    engine = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT", connect_args={"timeout": 5})
     schema = f"runforge_mig_{uuid.uuid4().hex[:12]}"
-    unreachable = None
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except (OSError, DBAPIError) as exc:
-        unreachable = f"{exc.__class__.__name__}: {exc}"
-    if unreachable is not None:  # skips, or fails where services are required (tests/services.py)
-        await engine.dispose()
-        require_service("PostgreSQL", f"PostgreSQL not reachable at {PG_URL}: {unreachable}")
+    engine = await pg_admin(f'CREATE SCHEMA "{schema}"')
     try:
         yield f"{PG_URL}#{schema}"
     finally:
