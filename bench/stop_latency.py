@@ -14,6 +14,15 @@ and registry entries or tasks left behind.
 
     .venv/bin/python bench/stop_latency.py --runs 200 --pace-ms 15
 
+With ``--workers N`` (N >= 2) the server is N ``runforge serve`` processes sharing one PostgreSQL
+database (a fresh one per bench run, dropped at the end) and one Redis (a fresh key prefix,
+deleted at the end). Run i starts on worker i % N and its stop goes to worker (i + 1) % N, which
+does not own it: that worker records the stop in the database and publishes it on the owner's
+Redis channel, and the owner cancels the run. The client also subscribes to the owners' stop
+channels, to timestamp when each stop was published (``--no-pubsub-tap`` turns that off).
+
+    .venv/bin/python bench/stop_latency.py --workers 2 --runs 500 --pace-ms 15
+
 Loopback only; bounded by --timeout; the subprocesses are killed on any exit.
 """
 
@@ -37,21 +46,37 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from httpx_sse import aconnect_sse
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
-TARGET_P99_MS = 20.0
+TARGET_P99_MS = 20.0  # one server process
+CLUSTER_TARGET_P99_MS = 15.0  # --workers N >= 2, stops sent to the worker that does not own the run
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+# The PostgreSQL server the benchmark creates its database on (this URL's database is only used
+# to run CREATE DATABASE and DROP DATABASE).
+DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+INFRA_CONNECT_TIMEOUT_S = 5.0
+PID_REFRESH_S = 1.0
 TERMINAL = frozenset({"done", "interrupted", "failed"})  # SSE event names
 FINAL_STATUSES = frozenset({"completed", "interrupted", "failed"})  # a recorded run's status
+USER_STOP = "user_stop"  # the `interrupted` reason of POST /app/chat/stop
 # Written by the atomic writer before its rename; the name pattern of app/workspace/fs.py.
 TEMP_FILE = re.compile(r"\..*\.[0-9a-f]{16}\.tmp", re.DOTALL)
 STARTUP_TIMEOUT_S = 20.0
@@ -87,6 +112,15 @@ class Config:
     timeout: float
     keep: bool
     asyncio_loop: bool
+    workers: int = 1
+    broker_url: str = DEFAULT_BROKER_URL
+    pg_url: str = DEFAULT_PG_URL
+    target_ms: float = TARGET_P99_MS
+    pubsub_tap: bool = True
+
+    @property
+    def cluster(self) -> bool:
+        return self.workers > 1
 
     @property
     def text_tokens(self) -> int:
@@ -106,12 +140,35 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     p.add_argument("--timeout", type=float, default=120.0, help="global time limit, s")
     p.add_argument("--keep", action="store_true", help="keep the temp data dir and process logs")
     p.add_argument("--asyncio-loop", action="store_true", help="run this client on asyncio's loop, not uvloop")
+    p.add_argument(
+        "--workers", type=int, default=1,
+        help="server processes (default 1: one process, SQLite, no broker); 2 or more share PostgreSQL and "
+        "Redis, and every stop is sent to a worker that does not own the run",
+    )  # fmt: skip
+    p.add_argument(
+        "--broker-url", default=DEFAULT_BROKER_URL, help=f"Redis, --workers >= 2 (default {DEFAULT_BROKER_URL})"
+    )
+    p.add_argument(
+        "--pg-url", default=DEFAULT_PG_URL,
+        help=f"PostgreSQL server to create the bench database on, --workers >= 2 (default {DEFAULT_PG_URL})",
+    )  # fmt: skip
+    p.add_argument(
+        "--target-ms", type=float, default=None,
+        help=f"p99 target for (a) and (b) (default {TARGET_P99_MS:g}; {CLUSTER_TARGET_P99_MS:g} with --workers >= 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-pubsub-tap", dest="pubsub_tap", action="store_false",
+        help="--workers >= 2: do not subscribe to the stop channels to timestamp each stop's publish",
+    )  # fmt: skip
     a = p.parse_args(argv)
     if a.runs < 1 or a.pace_ms <= 0 or not 0 <= a.min_delay <= a.max_delay or not 0 <= a.tools_share <= 1:
         p.error("need --runs >= 1, --pace-ms > 0, 0 <= --min-delay <= --max-delay, 0 <= --tools-share <= 1")
+    if a.workers < 1:
+        p.error("need --workers >= 1")
+    target = a.target_ms if a.target_ms is not None else TARGET_P99_MS if a.workers == 1 else CLUSTER_TARGET_P99_MS
     return Config(
         a.runs, a.pace_ms, a.seed, a.min_delay, a.max_delay, a.tools_share, a.tools_files, a.timeout, a.keep,
-        a.asyncio_loop,
+        a.asyncio_loop, a.workers, a.broker_url, a.pg_url, target, a.pubsub_tap,
     )  # fmt: skip
 
 
@@ -175,8 +232,8 @@ def start_simulator(cfg: Config, work: Path, children: list[Child]) -> tuple[Chi
     return child, match[1]
 
 
-def start_server(sim_url: str, work: Path, children: list[Child]) -> tuple[Child, str, str]:
-    env = clean_env() | {
+def server_env(sim_url: str, work: Path) -> dict[str, str]:
+    return clean_env() | {
         "RUNFORGE_DATA_DIR": str(work / "data"),
         "RUNFORGE_HOST": "127.0.0.1",
         "RUNFORGE_LLM_BASE_URL": f"{sim_url}/v1",
@@ -184,17 +241,181 @@ def start_server(sim_url: str, work: Path, children: list[Child]) -> tuple[Child
         "RUNFORGE_LLM_MODEL": "runforge-sim",
         "RUNFORGE_LLM_MAX_RETRIES": "0",
     }
-    argv = [sys.executable, "-m", "app", "serve", "--port", "0", "--no-access-log"]
-    child = launch("server", argv, env, work / "server.log", children)
+
+
+SERVE_ARGV = [sys.executable, "-m", "app", "serve", "--port", "0", "--no-access-log"]
+
+
+@dataclass(frozen=True)
+class Server:
+    """One Runforge process: ``server`` alone, or worker ``w1``, ``w2``, ... of a cluster."""
+
+    name: str
+    url: str
+    pid: int
+
+
+def start_server(sim_url: str, work: Path, children: list[Child]) -> tuple[Server, str]:
+    child = launch("server", SERVE_ARGV, server_env(sim_url, work), work / "server.log", children)
     match = wait_for_output(child, r"Login URL: (http://127\.0\.0\.1:\d+)/\?token=(\S+)")
     # The banner is printed before uvicorn accepts connections; the client retries /healthz.
-    return child, match[1], match[2]
+    return Server("server", match[1], child.proc.pid), match[2]
+
+
+def start_workers(
+    cfg: Config, sim_url: str, infra: Infra, work: Path, children: list[Child]
+) -> tuple[list[Server], str]:
+    """Workers w1..wN on one database and one broker, one at a time: the first creates the schema
+    and the `local` user (its banner has the login token), the next ones find both."""
+    env = server_env(sim_url, work) | {
+        "RUNFORGE_DATABASE_URL": infra.database_url,
+        "RUNFORGE_BROKER_URL": cfg.broker_url,
+        "RUNFORGE_BROKER_PREFIX": infra.prefix,
+    }
+    servers: list[Server] = []
+    token = ""
+    for i in range(1, cfg.workers + 1):
+        name = f"w{i}"
+        child = launch(name, SERVE_ARGV, env | {"RUNFORGE_WORKER_ID": name}, work / f"{name}.log", children)
+        url = wait_for_output(child, r"Runforge listening on (http://127\.0\.0\.1:\d+)\n")[1]
+        login = wait_for_output(child, r"\nLogin(?: URL: \S+\?token=(\S+)|: .*)\n")
+        token = token or login[1] or ""
+        wait_healthy(child, url)  # joined the cluster: the next worker finds its row and the user
+        servers.append(Server(name, url, child.proc.pid))
+    if not token:
+        raise RuntimeError("w1 printed no login token (is the database really fresh?)")
+    return servers, token
+
+
+def wait_healthy(child: Child, url: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with httpx.Client(base_url=url, trust_env=False, timeout=2.0) as http:
+        while time.monotonic() < deadline and child.proc.poll() is None:
+            with contextlib.suppress(httpx.TransportError):
+                if http.get("/healthz").status_code == 200:
+                    return
+            time.sleep(0.05)
+    tail = child.log.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"{child.name} did not answer /healthz (exit code {child.proc.poll()}):\n{tail}")
+
+
+# --------------------------------------------------------------------------- PostgreSQL and Redis
+
+
+class InfraError(RuntimeError):
+    """PostgreSQL or Redis, which --workers >= 2 needs, cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Infra:
+    """This bench run's database and Redis key prefix (both new, both removed at the end)."""
+
+    admin_url: str  # the PostgreSQL server, with the database CREATE/DROP DATABASE run from
+    database: str
+    broker_url: str
+    prefix: str
+
+    @property
+    def database_url(self) -> str:
+        return make_url(self.admin_url).set(database=self.database).render_as_string(hide_password=False)
+
+
+async def prepare_infra(cfg: Config) -> Infra:
+    tag = uuid.uuid4().hex[:10]
+    infra = Infra(cfg.pg_url, f"runforge_bench_{tag}", cfg.broker_url, f"rfbench-{tag}")
+    redis = Redis.from_url(cfg.broker_url, socket_connect_timeout=INFRA_CONNECT_TIMEOUT_S)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        raise InfraError(
+            f"--workers {cfg.workers} needs Redis at {redact(cfg.broker_url)} ({type(exc).__name__}: {exc}); "
+            "start it or pass --broker-url"
+        ) from None
+    finally:
+        await redis.aclose()
+    engine = create_async_engine(
+        cfg.pg_url, isolation_level="AUTOCOMMIT", connect_args={"timeout": INFRA_CONNECT_TIMEOUT_S}
+    )
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{infra.database}"'))
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise InfraError(
+            f"--workers {cfg.workers} needs PostgreSQL at {redact(cfg.pg_url)} to create a database "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); start it or pass --pg-url"
+        ) from None
+    finally:
+        await engine.dispose()
+    return infra
+
+
+async def remove_infra(infra: Infra) -> list[str]:
+    """Drop the database (the workers are gone; FORCE ends any connection left) and the keys.
+    Returns what could not be removed."""
+    problems: list[str] = []
+    engine = create_async_engine(
+        infra.admin_url, isolation_level="AUTOCOMMIT", connect_args={"timeout": INFRA_CONNECT_TIMEOUT_S}
+    )
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{infra.database}" WITH (FORCE)'))
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        problems.append(f"database {infra.database}: {type(exc).__name__}: {exc}")
+    finally:
+        await engine.dispose()
+    redis = Redis.from_url(infra.broker_url, socket_connect_timeout=INFRA_CONNECT_TIMEOUT_S)
+    try:
+        async for key in redis.scan_iter(match=f"{infra.prefix}:*", count=1000):
+            await redis.delete(key)
+    except (RedisError, OSError) as exc:
+        problems.append(f"Redis keys {infra.prefix}:*: {type(exc).__name__}: {exc}")
+    finally:
+        await redis.aclose()
+    return problems
+
+
+async def redis_server_pid(broker_url: str) -> int | None:
+    """The Redis server's pid, if it runs on this machine (for its CPU use)."""
+    redis = Redis.from_url(broker_url, socket_connect_timeout=INFRA_CONNECT_TIMEOUT_S)
+    try:
+        pid = int((await redis.info("server"))["process_id"])
+    except (RedisError, OSError, KeyError, ValueError):
+        return None
+    finally:
+        await redis.aclose()
+    return pid if _comm(pid).startswith("redis") else None
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process on this machine (the server and its backends)."""
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _comm(int(d.name)) == "postgres"]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """cutime + cstime (fields 16 and 17): the CPU of a process's children it has waited for
+    (a worker's git and npm processes), counted when they end."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_seconds() -> float:
@@ -204,8 +425,21 @@ def machine_busy_seconds() -> float:
     return (sum(jiffies[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_sample(pids: dict[str, int]) -> dict[str, float]:
+def cpu_sample(
+    pids: dict[str, int], groups: dict[str, list[int]] | None = None, children_of: Sequence[str] = ()
+) -> dict[str, float]:
+    """Cumulative CPU seconds of each process, of each group of processes (Redis, PostgreSQL and
+    its backends), of the ended children of the processes named in ``children_of``, and of the
+    machine."""
     sample = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    if children_of:
+        sample["children"] = sum(children_cpu_seconds(pids[name]) for name in children_of)
+    for name, members in (groups or {}).items():
+        total = 0.0
+        for pid in members:
+            with contextlib.suppress(OSError, IndexError, ValueError):  # a backend that ended
+                total += cpu_seconds(pid)
+        sample[name] = total
     sample["machine"] = machine_busy_seconds()
     return sample
 
@@ -220,6 +454,8 @@ class RunSpec:
     app_id: str
     scenario: str
     delay: float
+    owner: int = 0  # index of the server the run starts on
+    stop_via: int = 0  # index of the server its stop is sent to
 
     def prompt(self, cfg: Config) -> str:
         if self.scenario == "tools_midstream":
@@ -233,6 +469,8 @@ class RunResult:
     app_id: str
     scenario: str
     delay: float
+    owner: str = "server"  # the server the run was started on
+    stop_via: str = "server"  # the server its stop was sent to
     status_code: int | None = None
     error: str | None = None
     first_event_at: float | None = None
@@ -242,6 +480,8 @@ class RunResult:
     terminal_reason: str | None = None
     terminal_at: float | None = None  # (t1) when the terminal event reached this client
     events_after_terminal: int = 0
+    late_events: list[str] = field(default_factory=list)  # the first few kinds after the terminal one
+    keepalives: int = 0  # SSE keep-alive comments (not events), runs longer than the ping interval
     stream_left_open: bool = False
     stop_sent_at: float | None = None  # (t0) monotonic, just before the POST
     stop_sent_wall: float | None = None  # time.time() at t0, to place the server's wall-clock instants
@@ -250,6 +490,9 @@ class RunResult:
     stop_trace: dict[str, float] = field(default_factory=dict)
     stop_status: int | None = None
     stop_answer: str | None = None
+    # Several workers: when this client, subscribed to the owner's stop channel, got the stop
+    # the other worker published (monotonic; None without the tap or if it never came).
+    stop_published_at: float | None = None
     snapshot_at_terminal: Snapshot | None = None
     # Filled in by the verification phase.
     server: dict[str, Any] | None = None
@@ -257,6 +500,9 @@ class RunResult:
     snapshot_after: Snapshot | None = None
     history_rows: int | None = None
     upstream: list[dict[str, Any]] = field(default_factory=list)
+    # Several workers: GET /runs/{id} on a worker that does not own the run, i.e. the database
+    # row (the owner answers from memory). Both must tell the same outcome.
+    row: dict[str, Any] | None = None
 
     @property
     def stopped(self) -> bool:
@@ -265,7 +511,11 @@ class RunResult:
 
     @property
     def interrupt_latency(self) -> float | None:
+        # Only an `interrupted` that this stop caused: with several workers a run can also be
+        # interrupted because its worker was declared lost (reason worker_lost), a failure.
         if not self.stopped or self.terminal != "interrupted" or self.terminal_at is None:
+            return None
+        if self.terminal_reason != USER_STOP:
             return None
         assert self.stop_sent_at is not None
         return self.terminal_at - self.stop_sent_at
@@ -276,9 +526,11 @@ def plan_runs(cfg: Config, app_ids: list[str]) -> list[RunSpec]:
     tools = round(cfg.runs * cfg.tools_share)
     scenarios = ["tools_midstream"] * tools + ["long_text"] * (cfg.runs - tools)
     rng.shuffle(scenarios)
+    delays = [rng.uniform(cfg.min_delay, cfg.max_delay) for _ in scenarios]  # drawn in the same order as ever
+    # Run i on server i % N, its stop to the next one: with N >= 2, never the run's owner.
     return [
-        RunSpec(i, f"bench-{i:04d}", app_id, scenario, rng.uniform(cfg.min_delay, cfg.max_delay))
-        for i, (app_id, scenario) in enumerate(zip(app_ids, scenarios, strict=True))
+        RunSpec(i, f"bench-{i:04d}", app_id, scenario, delay, i % cfg.workers, (i + 1) % cfg.workers)
+        for i, (app_id, scenario, delay) in enumerate(zip(app_ids, scenarios, delays, strict=True))
     ]
 
 
@@ -311,6 +563,7 @@ class Clients:
     timeout: httpx.Timeout
     # One SSL context for all: loopback is plain HTTP, but each client would load the CA bundle.
     ssl: ssl.SSLContext = field(default_factory=ssl.create_default_context)
+    name: str = "server"
 
     def make(self, connections: int = 1) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
@@ -320,9 +573,13 @@ class Clients:
         )  # fmt: skip
 
 
-async def drive_run(cfg: Config, clients: Clients, spec: RunSpec, workspace: Path) -> RunResult:
-    async with clients.make() as streams, clients.make() as stopper:
-        return await follow_run(cfg, streams, stopper, spec, workspace)
+async def drive_run(cfg: Config, servers: list[Clients], spec: RunSpec, workspace: Path) -> RunResult:
+    """The run's stream on its owner, its stop on ``spec.stop_via`` (the same server with one)."""
+    owner, stop_via = servers[spec.owner], servers[spec.stop_via]
+    async with owner.make() as streams, stop_via.make() as stopper:
+        result = await follow_run(cfg, streams, stopper, spec, workspace)
+    result.owner, result.stop_via = owner.name, stop_via.name
+    return result
 
 
 async def follow_run(
@@ -340,6 +597,13 @@ async def follow_run(
             async with asyncio.timeout(None) as deadline:
                 async for sse in source.aiter_sse():
                     now = time.monotonic()
+                    if sse.event == "message" and not sse.data:
+                        # A keep-alive comment (sse-starlette pings every 15 s): httpx-sse turns
+                        # it into an empty `message` once an event had an id. Not an event.
+                        result.keepalives += 1
+                        if result.terminal is not None and len(result.late_events) < 5:
+                            result.late_events.append("keep-alive comment")
+                        continue
                     if stop_task is None:
                         result.first_event_at = now
                         stop_task = asyncio.create_task(stop_later(stopper, spec, result, now + spec.delay))
@@ -364,6 +628,8 @@ def on_event(result: RunResult, kind: str, data: str, now: float, workspace: Pat
     """Count one event; returns True when it is the terminal one."""
     if result.terminal is not None:
         result.events_after_terminal += 1
+        if len(result.late_events) < 5:
+            result.late_events.append(kind)
         return False
     result.events[kind] += 1
     if kind not in TERMINAL:
@@ -410,7 +676,8 @@ class Probes:
 
     # (monotonic instant, seconds): kept as time series to line stalls up with the stops.
     loop_lag: list[tuple[float, float]] = field(default_factory=list)  # this client's event loop
-    health_rtt: list[tuple[float, float]] = field(default_factory=list)  # GET /healthz round trips
+    # GET /healthz round trips, per server (`server`, or w1, w2, ...)
+    health_rtt: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     sim_rtt: list[tuple[float, float]] = field(default_factory=list)  # GET /_sim/health round trips
     health_errors: int = 0
     # (monotonic instant, cumulative CPU seconds per process and for the whole machine)
@@ -425,11 +692,60 @@ async def probe_loop_lag(probes: Probes) -> None:
         probes.loop_lag.append((start, time.monotonic() - start - LAG_PROBE_S))
 
 
-async def probe_cpu(pids: dict[str, int], probes: Probes) -> None:
+async def probe_cpu(pids: dict[str, int], groups: PidGroups, probes: Probes) -> None:
     # Who has the CPUs, 10 times a second: a saturated machine delays every process's timestamps.
+    members = groups.members()
+    refreshed = time.monotonic()
     while True:
-        probes.cpu.append((time.monotonic(), cpu_sample(pids)))
+        if time.monotonic() - refreshed >= PID_REFRESH_S:  # new PostgreSQL backends
+            members, refreshed = groups.members(), time.monotonic()
+        probes.cpu.append((time.monotonic(), cpu_sample(pids, members, groups.children_of)))
         await asyncio.sleep(CPU_PROBE_S)
+
+
+@dataclass(frozen=True)
+class PidGroups:
+    """Processes counted together: Redis (one pid) and PostgreSQL (the server and its backends)."""
+
+    redis: int | None = None
+    postgres: bool = False
+    # Servers whose ended children (git checkpoints, npm) count, all together, as "children".
+    children_of: tuple[str, ...] = ()
+
+    def members(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
+        if self.redis is not None:
+            groups["redis"] = [self.redis]
+        if self.postgres:
+            groups["postgres"] = postgres_pids()
+        return groups
+
+
+# The owner's stop channel, as app/cluster/stops.py names it.
+def stop_channel(prefix: str, worker: str) -> str:
+    return f"{prefix}:stop:{worker}"
+
+
+async def tap_stops(broker_url: str, channels: list[str], published: dict[str, float], ready: asyncio.Event) -> None:
+    """Subscribe next to the owners: when did each stop the other worker sent go out on Redis?
+
+    One more subscriber on each channel (PUBLISH counts it; the workers only check for 0)."""
+    redis = Redis.from_url(broker_url, socket_connect_timeout=INFRA_CONNECT_TIMEOUT_S)
+    subscribed = 0
+    try:
+        async with redis.pubsub() as pubsub:
+            await pubsub.subscribe(*channels)
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    now = time.monotonic()
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        published.setdefault(json.loads(message["data"])["runId"], now)
+                elif message["type"] == "subscribe":
+                    subscribed += 1
+                    if subscribed == len(channels):
+                        ready.set()
+    finally:
+        await redis.aclose()
 
 
 async def probe_health(http: httpx.AsyncClient, path: str, series: list[tuple[float, float]], probes: Probes) -> None:
@@ -485,8 +801,16 @@ async def wait_recorded(http: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     return view
 
 
-async def verify_run(http: httpx.AsyncClient, sim: httpx.AsyncClient, result: RunResult, workspace: Path) -> None:
+async def verify_run(
+    http: httpx.AsyncClient,
+    sim: httpx.AsyncClient,
+    result: RunResult,
+    workspace: Path,
+    elsewhere: httpx.AsyncClient | None = None,
+) -> None:
     result.server = await wait_recorded(http, result.run_id)
+    if elsewhere is not None:
+        result.row = (await elsewhere.get(f"/runs/{result.run_id}")).json()
     accepted = result.server.get("stopRequestedAt")
     if accepted and result.stop_sent_at is not None and result.stop_sent_wall is not None:
         wall = datetime.fromisoformat(accepted).timestamp()
@@ -498,13 +822,15 @@ async def verify_run(http: httpx.AsyncClient, sim: httpx.AsyncClient, result: Ru
 
 
 async def verify_all(
-    http: httpx.AsyncClient, sim: httpx.AsyncClient, results: list[RunResult], workspaces: Path
+    http: dict[str, httpx.AsyncClient], sim: httpx.AsyncClient, results: list[RunResult], workspaces: Path
 ) -> None:
     limit = asyncio.Semaphore(32)
 
     async def one(result: RunResult) -> None:
+        # Asked of the owner: the run is still in its memory, with the instant the stop reached it.
+        other = next((name for name in http if name != result.owner), None)
         async with limit:
-            await verify_run(http, sim, result, workspaces / result.app_id)
+            await verify_run(http[result.owner], sim, result, workspaces / result.app_id, http.get(other or ""))
 
     await asyncio.gather(*(one(r) for r in results))
 
@@ -527,41 +853,55 @@ async def registry_after(http: httpx.AsyncClient) -> dict[str, Any]:
 class Outcome:
     results: list[RunResult]
     probes: Probes
-    registry: dict[str, Any]
+    registry: dict[str, dict[str, Any]]  # server name -> {"first", "final"} /healthz
     load_seconds: float
     cpu: dict[str, float]  # CPU use during the load phase, in cores (1.0 = one core busy)
 
 
 @dataclass(frozen=True)
 class Target:
-    server_url: str
+    servers: list[Server]
     token: str
     sim_url: str
     data_dir: Path
     pids: dict[str, int]  # process name -> pid, for CPU accounting
+    groups: PidGroups = PidGroups()
+    infra: Infra | None = None  # several workers: their database and Redis prefix
 
 
 async def benchmark(cfg: Config, target: Target) -> Outcome:
     timeout = httpx.Timeout(30.0, read=cfg.timeout)
     workspaces = target.data_dir / "workspaces"
-    clients = Clients(target.server_url, {"Authorization": f"Bearer {target.token}"}, timeout)
-    sim_clients = Clients(target.sim_url, {}, timeout, clients.ssl)
-    async with (
-        clients.make(connections=32) as control,
-        clients.make() as health,
-        sim_clients.make(connections=32) as sim,
-        sim_clients.make() as sim_health,
-    ):
-        await wait_until_up(control)
-        specs = plan_runs(cfg, await create_apps(control, cfg.runs))
+    headers = {"Authorization": f"Bearer {target.token}"}
+    context = ssl.create_default_context()  # one for all clients (see Clients)
+    servers = [Clients(s.url, headers, timeout, context, name=s.name) for s in target.servers]
+    sim_clients = Clients(target.sim_url, {}, timeout, context)
+    async with contextlib.AsyncExitStack() as stack:
+        control = {c.name: await stack.enter_async_context(c.make(connections=32)) for c in servers}
+        health = {c.name: await stack.enter_async_context(c.make()) for c in servers}
+        sim = await stack.enter_async_context(sim_clients.make(connections=32))
+        sim_health = await stack.enter_async_context(sim_clients.make())
+        for http in control.values():
+            await wait_until_up(http)
+        specs = plan_runs(cfg, await create_apps(control[servers[0].name], cfg.runs))
         probes = Probes()
+        published: dict[str, float] = {}
         probe_tasks = [
             asyncio.create_task(probe_loop_lag(probes)),
-            asyncio.create_task(probe_health(health, "/healthz", probes.health_rtt, probes)),
+            *(
+                asyncio.create_task(probe_health(http, "/healthz", probes.health_rtt.setdefault(name, []), probes))
+                for name, http in health.items()
+            ),
             asyncio.create_task(probe_health(sim_health, "/_sim/health", probes.sim_rtt, probes)),
-            asyncio.create_task(probe_cpu(target.pids, probes)),
+            asyncio.create_task(probe_cpu(target.pids, target.groups, probes)),
         ]
-        cpu_before = cpu_sample(target.pids)
+        if target.infra is not None and cfg.pubsub_tap:
+            ready = asyncio.Event()
+            channels = [stop_channel(target.infra.prefix, s.name) for s in target.servers]
+            probe_tasks.append(asyncio.create_task(tap_stops(cfg.broker_url, channels, published, ready)))
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                await ready.wait()
+        cpu_before = cpu_sample(target.pids, target.groups.members(), target.groups.children_of)
         started = time.monotonic()
         # The client's own collector pauses (measured: up to ~90 ms of loop lag) would be
         # counted as stop latency. The load phase is a few seconds: collect later instead.
@@ -569,7 +909,7 @@ async def benchmark(cfg: Config, target: Target) -> Outcome:
         gc.freeze()
         gc.disable()
         try:
-            runs = (drive_run(cfg, clients, spec, workspaces / spec.app_id) for spec in specs)
+            runs = (drive_run(cfg, servers, spec, workspaces / spec.app_id) for spec in specs)
             results = list(await asyncio.gather(*runs))
         finally:
             gc.enable()
@@ -578,11 +918,14 @@ async def benchmark(cfg: Config, target: Target) -> Outcome:
                 task.cancel()
             await asyncio.gather(*probe_tasks, return_exceptions=True)
         load_seconds = time.monotonic() - started
-        cpu_after = cpu_sample(target.pids)
+        cpu_after = cpu_sample(target.pids, target.groups.members(), target.groups.children_of)
         cpu = {name: (cpu_after[name] - cpu_before[name]) / load_seconds for name in cpu_after}
         cpu["others"] = cpu["machine"] - sum(v for name, v in cpu.items() if name != "machine")
+        for result in results:
+            result.stop_published_at = published.get(result.run_id)
         await verify_all(control, sim, results, workspaces)
-        registry = await registry_after(control)
+        # Every worker must be empty, not only the owners: a stop handled elsewhere leaves nothing.
+        registry = {name: await registry_after(http) for name, http in control.items()}
     return Outcome(results, probes, registry, load_seconds, cpu)
 
 
@@ -633,8 +976,15 @@ def upstream_after_stop(result: RunResult, since: float | None) -> list[dict[str
     return [r for r in result.upstream if r["started_at"] > since]
 
 
-def zero_counts(results: list[RunResult], registry: dict[str, Any]) -> dict[str, list[str]]:
+# Several workers only: the database row (read on a worker that does not own the run) tells
+# another outcome than the owner's memory, e.g. the row was failed as `worker_lost` while the owner
+# delivered `interrupted`.
+ROW_MISMATCH = "row_differs_from_owner"
+
+
+def zero_counts(results: list[RunResult], registry: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
     """Each check -> the run ids (or registry fields) that broke it; every list must be empty."""
+    cluster = (ROW_MISMATCH,) if any(r.row is not None for r in results) else ()
     checks: dict[str, list[str]] = {
         name: []
         for name in (
@@ -650,13 +1000,16 @@ def zero_counts(results: list[RunResult], registry: dict[str, Any]) -> dict[str,
             "upstream_never_closed",
             "history_rows_from_interrupted_runs",
             "leftover_registry",
+            *cluster,
         )
     }
     for r in results:
         for name in run_failures(r):
             checks[name].append(r.run_id)
-    final = registry["final"]
-    checks["leftover_registry"] = [f"{k}={final[k]}" for k in ("activeRuns", "runTasks") if final[k]]
+    for name, seen in registry.items():
+        final = seen["final"]
+        where = "" if len(registry) == 1 else f"{name}:"
+        checks["leftover_registry"] += [f"{where}{k}={final[k]}" for k in ("activeRuns", "runTasks") if final[k]]
     return checks
 
 
@@ -668,8 +1021,13 @@ def run_failures(r: RunResult) -> Iterator[str]:
         yield "events_after_terminal"
     if r.stream_left_open:
         yield "streams_not_closed_after_terminal"
-    if r.stopped and (r.terminal != "interrupted" or server.get("status") != "interrupted"):
+    stop_won = r.terminal == "interrupted" and r.terminal_reason == USER_STOP
+    if r.stopped and (not stop_won or server.get("status") != "interrupted"):
         yield "stopped_but_not_interrupted"
+    if r.row is not None and (
+        r.row.get("status") != server.get("status") or r.row.get("stopReason") != server.get("stopReason")
+    ):
+        yield ROW_MISMATCH
     if server.get("live") is not False or server.get("status") not in FINAL_STATUSES:
         yield "not_recorded_as_final"
     visible, _ = workspace_changes(r)
@@ -716,6 +1074,9 @@ def info_counts(results: list[RunResult]) -> dict[str, Any]:
             and u["disconnected_at"] - u["started_at"] <= ALREADY_CLOSED_S
         ),
         "temp_file_churn_after_terminal": sum(1 for r in results if workspace_changes(r)[1]),
+        "keepalive_comments": sum(r.keepalives for r in results),
+        # A comment after the terminal event: the stream was not yet closed when a ping was due.
+        "keepalive_after_terminal": sum(1 for r in results if "keep-alive comment" in r.late_events),
         "events_received": sum(sum(r.events.values()) for r in results),
         # First to last `run` event: how long the server took to start all runs.
         "runs_started_over_ms": round((max(starts) - min(starts)) * 1000) if starts else None,
@@ -744,11 +1105,17 @@ REQUEST_WRITTEN = "http11.send_request_body.complete"
 CONNECTED = "connection.connect_tcp.complete"
 
 
-def decomposition(results: list[RunResult]) -> dict[str, dict[str, float | int | None]]:
+def decomposition(results: list[RunResult], tap: bool = False) -> dict[str, dict[str, float | int | None]]:
     """Where (a) and (b) go, split at the instant the client had written the stop request, and at
-    the server's own stop instant (GET /runs/{id} stopRequestedAt, wall clock mapped onto ours)."""
+    the server's own stop instant (GET /runs/{id} stopRequestedAt, wall clock mapped onto ours).
+
+    With several workers, "accepted" is the owner's instant (the stop went through the other
+    worker first), and ``tap`` adds the instant this client saw the stop published on Redis."""
     names = ("sent_to_written", "written_to_accepted", "accepted_to_client", "accepted_to_upstream_closed")
-    legs: dict[str, list[float]] = {name: [] for name in (*names, "sent_to_stop_answer", "new_connection_connect")}
+    extra = ("written_to_published", "published_to_accepted", "published_to_stop_answer") if tap else ()
+    legs: dict[str, list[float]] = {
+        name: [] for name in (*names, *extra, "sent_to_stop_answer", "new_connection_connect")
+    }
     for r in results:
         a, b, accepted, sent = r.interrupt_latency, upstream_latency(r), r.stop_accepted_at, r.stop_sent_at
         if a is None or accepted is None or sent is None:
@@ -764,6 +1131,13 @@ def decomposition(results: list[RunResult]) -> dict[str, dict[str, float | int |
             legs["sent_to_stop_answer"].append(r.stop_answered_at - sent)
         if b is not None:
             legs["accepted_to_upstream_closed"].append(sent + b - accepted)
+        published = r.stop_published_at
+        if tap and published is not None:
+            if written is not None:
+                legs["written_to_published"].append(published - written)
+            legs["published_to_accepted"].append(accepted - published)
+            if r.stop_answered_at is not None:
+                legs["published_to_stop_answer"].append(r.stop_answered_at - published)
     return {name: percentiles(values) for name, values in legs.items()}
 
 
@@ -798,49 +1172,95 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def build_report(cfg: Config, outcome: Outcome, machine: dict[str, Any]) -> dict[str, Any]:
+def build_report(cfg: Config, outcome: Outcome, machine: dict[str, Any], infra: Infra | None = None) -> dict[str, Any]:
     a = percentiles([v for r in outcome.results if (v := r.interrupt_latency) is not None])
     b = percentiles([v for r in outcome.results if (v := upstream_latency(r)) is not None])
     zeros = zero_counts(outcome.results, outcome.registry)
-    return {
+    servers = list(outcome.registry)
+    report: dict[str, Any] = {
         "benchmark": "stop_latency",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": asdict(cfg) | {"text_tokens": cfg.text_tokens},
+        "config": asdict(cfg)
+        | {"text_tokens": cfg.text_tokens, "broker_url": redact(cfg.broker_url), "pg_url": redact(cfg.pg_url)},
         "machine": machine,
-        "processes": "simulator, server and benchmark client: 3 processes sharing the machine's CPUs",
+        "processes": processes_text(cfg),
         "client_loop": "asyncio" if loop_factory(cfg.asyncio_loop) is None else "uvloop",
         "latency_ms": {"a_stop_to_interrupted": a, "b_stop_to_upstream_closed": b},
-        "target_p99_ms": TARGET_P99_MS,
-        "target": {key: verdict(stats) for key, stats in (("a", a), ("b", b))},
-        "decomposition_ms": decomposition(outcome.results),
+        "target_p99_ms": cfg.target_ms,
+        "target": {key: verdict(stats, cfg.target_ms) for key, stats in (("a", a), ("b", b))},
+        "decomposition_ms": decomposition(outcome.results, tap=cfg.cluster and cfg.pubsub_tap),
         "startup_ms": startup(outcome.results),
         "zero_counts": {name: len(ids) for name, ids in zeros.items()},
         "zero_count_offenders": {name: ids[:20] for name, ids in zeros.items() if ids},
         "info": info_counts(outcome.results),
-        "load": load_info(outcome),
-        "registry_after": outcome.registry,
+        "load": load_info(outcome, servers),
+        # One server: its /healthz before and after; several: the same per worker.
+        "registry_after": outcome.registry[servers[0]] if len(servers) == 1 else outcome.registry,
     }
+    if cfg.cluster:
+
+        def owned(name: str) -> list[RunResult]:
+            return [r for r in outcome.results if r.owner == name]
+
+        report["cluster"] = {
+            "workers": servers,
+            "database": infra.database if infra else None,
+            "broker_prefix": infra.prefix if infra else None,
+            "runs_by_owner": dict(Counter(r.owner for r in outcome.results)),
+            "stops_sent_to_the_owner": sum(1 for r in outcome.results if r.stop_via == r.owner),
+            "stops_seen_published": sum(1 for r in outcome.results if r.stop_published_at is not None),
+            # The database rows as a worker that does not own the run reports them.
+            "row_outcomes": dict(Counter(_row_outcome(r.row) for r in outcome.results)),
+        }
+        report["latency_by_owner_ms"] = {
+            name: {
+                "a": percentiles([v for r in owned(name) if (v := r.interrupt_latency) is not None]),
+                "b": percentiles([v for r in owned(name) if (v := upstream_latency(r)) is not None]),
+            }
+            for name in servers
+        }
+    return report
 
 
-def verdict(stats: dict[str, float | int | None]) -> str:
+def _row_outcome(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "none"
+    detail = (row.get("error") or {}).get("code") or row.get("stopReason") or row.get("finishReason")
+    return f"{row.get('status')}:{detail}"
+
+
+def processes_text(cfg: Config) -> str:
+    if not cfg.cluster:
+        return "simulator, server and benchmark client: 3 processes sharing the machine's CPUs"
+    return (
+        f"simulator, {cfg.workers} workers, Redis, PostgreSQL and benchmark client: "
+        f"{cfg.workers + 2} Python processes and 2 servers sharing the machine's CPUs"
+    )
+
+
+def verdict(stats: dict[str, float | int | None], target_ms: float) -> str:
     p99 = stats["p99"]
-    return "n/a" if p99 is None else "PASS" if p99 <= TARGET_P99_MS else "MISS"
+    return "n/a" if p99 is None else "PASS" if p99 <= target_ms else "MISS"
 
 
-def load_info(outcome: Outcome) -> dict[str, Any]:
-    return {
+def load_info(outcome: Outcome, servers: list[str]) -> dict[str, Any]:
+    health = outcome.probes.health_rtt
+    info = {
         "load_phase_s": round(outcome.load_seconds, 2),
         "cpu_cores_used": {name: round(v, 2) for name, v in outcome.cpu.items()},
-        "cpu_windows": cpu_windows(outcome.probes.cpu),
+        "cpu_windows": cpu_windows(outcome.probes.cpu, servers),
         "client_loop_lag_ms": percentiles([lag for _, lag in outcome.probes.loop_lag]),
-        "healthz_rtt_ms": percentiles([rtt for _, rtt in outcome.probes.health_rtt]),
+        "healthz_rtt_ms": percentiles([rtt for series in health.values() for _, rtt in series]),
         "simulator_health_rtt_ms": percentiles([rtt for _, rtt in outcome.probes.sim_rtt]),
         "healthz_errors": outcome.probes.health_errors,
     }
+    if len(servers) > 1:
+        info["healthz_rtt_ms_by_worker"] = {name: percentiles([rtt for _, rtt in health[name]]) for name in servers}
+    return info
 
 
-def cpu_windows(samples: list[tuple[float, dict[str, float]]]) -> dict[str, Any]:
-    """CPU use per ~100 ms window: how often all CPUs were busy at once, and how often the
+def cpu_windows(samples: list[tuple[float, dict[str, float]]], servers: Sequence[str] = ("server",)) -> dict[str, Any]:
+    """CPU use per ~100 ms window: how often all CPUs were busy at once, and how often each
     server's single event-loop thread was (a loop at ~1 core queues every callback)."""
     cores = len(os.sched_getaffinity(0))
     windows = [
@@ -853,7 +1273,7 @@ def cpu_windows(samples: list[tuple[float, dict[str, float]]]) -> dict[str, Any]
     return {
         "windows": len(windows),
         "machine_saturated": sum(1 for w in windows if w["machine"] >= 0.9 * cores),
-        "server_over_0.9_core": sum(1 for w in windows if w["server"] >= 0.9),
+        **{f"{server}_over_0.9_core": sum(1 for w in windows if w[server] >= 0.9) for server in servers},
         "max_cores": {name: round(max(w[name] for w in windows), 2) for name in windows[0]},
     }
 
@@ -882,12 +1302,19 @@ def render(report: dict[str, Any]) -> str:
         f"note: {report['processes']} ({machine['nproc']}): the client's own timestamps compete for CPU too "
         f"(client loop: {report['client_loop']})",
         "",
-        f"{'latency (ms)':<44}{'n':>5}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}  p99<={TARGET_P99_MS:g}",
+        f"{'latency (ms)':<44}{'n':>5}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}  p99<={report['target_p99_ms']:g}",
     ]
     a, b = report["latency_ms"]["a_stop_to_interrupted"], report["latency_ms"]["b_stop_to_upstream_closed"]
     lines.append(_row("(a) stop sent -> interrupted at client", a, report["target"]["a"]))
     lines.append(_row("(b) stop sent -> upstream closed (simulator)", b, report["target"]["b"]))
-    lines.append("  split at 'request written' (client) and stopRequestedAt (server):")
+    for name, by_owner in report.get("latency_by_owner_ms", {}).items():
+        lines.append(_row(f"  (a) runs owned by {name}", by_owner["a"], ""))
+        lines.append(_row(f"  (b) runs owned by {name}", by_owner["b"], ""))
+    lines.append(
+        "  split at 'request written' (client) and stopRequestedAt (server):"
+        if "cluster" not in report
+        else "  split at 'request written' (client), 'published' (client's Redis tap) and stopRequestedAt (owner):"
+    )
     for name, stats in report["decomposition_ms"].items():
         lines.append(_row(f"    {name.replace('_', ' ')}", stats, ""))
     lines.append("  run start-up (stops before the first upstream request have no (b)):")
@@ -900,17 +1327,29 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", "other counts:"]
     lines += [f"  {name:<42}{value!s:>6}" for name, value in info.items() if not isinstance(value, dict)]
     lines += [f"  {name:<42}{value}" for name, value in info.items() if isinstance(value, dict)]
+    if "cluster" in report:
+        lines += ["", f"cluster: {report['cluster']}"]
     lines += [
         "",
         f"load phase {load['load_phase_s']} s; CPU cores used (avg): {load['cpu_cores_used']}",
         *_busy_machine_warning(load["cpu_cores_used"]),
         f"~100 ms CPU windows: {load['cpu_windows']}",
         _probe_line("client event-loop lag", load["client_loop_lag_ms"]),
-        _probe_line("server GET /healthz RTT", load["healthz_rtt_ms"]),
+        *(
+            [_probe_line("server GET /healthz RTT", load["healthz_rtt_ms"])]
+            if "healthz_rtt_ms_by_worker" not in load
+            else [_probe_line(f"{n} GET /healthz RTT", stats) for n, stats in load["healthz_rtt_ms_by_worker"].items()]
+        ),
         _probe_line("simulator GET /_sim/health RTT", load["simulator_health_rtt_ms"]),
-        f"probe errors: {load['healthz_errors']}; registry after: {report['registry_after']['final']}",
+        f"probe errors: {load['healthz_errors']}; registry after: {_registry_text(report['registry_after'])}",
     ]
     return "\n".join(lines)
+
+
+def _registry_text(registry: dict[str, Any]) -> str:
+    if "final" in registry:
+        return str(registry["final"])
+    return "; ".join(f"{name} {seen['final']}" for name, seen in registry.items())
 
 
 def _busy_machine_warning(cores: dict[str, float]) -> list[str]:
@@ -932,10 +1371,13 @@ def save(report: dict[str, Any], outcome: Outcome) -> Path:
     """The report plus every run and the probe time series (all instants are time.monotonic())."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"stop_latency-{stamp}-n{report['config']['runs']}.json"
+    workers = report["config"]["workers"]
+    mode = f"-w{workers}" if workers > 1 else ""
+    path = RESULTS_DIR / f"stop_latency-{stamp}{mode}-n{report['config']['runs']}.json"
+    health = outcome.probes.health_rtt
     probes = {
         "client_loop_lag": outcome.probes.loop_lag,
-        "healthz_rtt": outcome.probes.health_rtt,
+        "healthz_rtt": next(iter(health.values())) if len(health) == 1 else health,
         "simulator_health_rtt": outcome.probes.sim_rtt,
         "cpu": outcome.probes.cpu,
     }
@@ -977,13 +1419,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     # covers the synchronous start-up; inside the loop see stoppable() (uvloop would swallow it).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(SIGTERM_EXIT))
     machine = machine_info()
+    infra: Infra | None = None
+    if cfg.cluster:
+        try:
+            infra = asyncio.run(prepare_infra(cfg))
+        except InfraError as exc:
+            print(f"stop_latency: {exc}", file=sys.stderr)
+            return 2
     work = Path(tempfile.mkdtemp(prefix="runforge-bench-"))
     children: list[Child] = []
     try:
         sim, sim_url = start_simulator(cfg, work, children)
-        server, server_url, token = start_server(sim_url, work, children)
-        pids = {"server": server.proc.pid, "simulator": sim.proc.pid, "client": os.getpid()}
-        target = Target(server_url, token, sim_url, work / "data", pids)
+        pids = {"simulator": sim.proc.pid, "client": os.getpid()}
+        if infra is None:
+            server, token = start_server(sim_url, work, children)
+            target = Target([server], token, sim_url, work / "data", {"server": server.pid} | pids)
+        else:
+            servers, token = start_workers(cfg, sim_url, infra, work, children)
+            pg_local = bool(postgres_pids())
+            names = tuple(s.name for s in servers)
+            groups = PidGroups(asyncio.run(redis_server_pid(cfg.broker_url)), pg_local, names)
+            target = Target(
+                servers, token, sim_url, work / "data", {s.name: s.pid for s in servers} | pids, groups, infra
+            )
         with asyncio.Runner(loop_factory=loop_factory(cfg.asyncio_loop)) as runner:
             outcome = runner.run(stoppable(asyncio.wait_for(benchmark(cfg, target), cfg.timeout)))
     except TimeoutError:
@@ -997,9 +1455,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_child(child)
         if cfg.keep:
             print(f"kept {work}", file=sys.stderr)
+            if infra is not None:
+                print(f"kept database {infra.database} and Redis keys {infra.prefix}:*", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    report = build_report(cfg, outcome, machine)
+            if infra is not None:
+                for problem in asyncio.run(remove_infra(infra)):
+                    print(f"stop_latency: could not remove {problem}", file=sys.stderr)
+    report = build_report(cfg, outcome, machine, infra)
     print(render(report))
     print(json.dumps(report, separators=(",", ":")))
     print(f"saved {save(report, outcome).relative_to(REPO)}")
