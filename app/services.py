@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Users are never deleted and tokens never rotate yet, so a token's user can be cached.
 _AUTH_CACHE_SIZE = 1024
+CONTROL_POOL_SIZE = 2
 
 
 @dataclass(slots=True)
@@ -48,6 +49,7 @@ class Services:
     # Set by sse-starlette when the server is asked to exit (SIGTERM/SIGINT).
     shutdown_signal: anyio.Event
     _auth_cache: dict[str, User]
+    _auth_lookups: dict[str, asyncio.Future[User | None]]
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -55,7 +57,7 @@ class Services:
         await db.create_schema()
         worker_id = settings.cluster.worker_id or new_worker_id()
         runs = Runs(db, worker_id, exclusive_apps=settings.cluster.enabled)
-        cluster = Cluster(settings.cluster, worker_id, runs, Workers(db)) if settings.cluster.enabled else None
+        cluster = await _join_cluster(settings, worker_id) if settings.cluster.enabled else None
         if cluster is None:
             # One process: whatever a previous one left active died with it. With several
             # workers, the others' runs are alive: lost workers are found by heartbeat instead.
@@ -99,6 +101,7 @@ class Services:
             cluster,
             anyio.Event(),
             {},
+            {},
         )
 
     async def stop(self) -> None:
@@ -116,13 +119,31 @@ class Services:
     async def user_for_token(self, token: str) -> User | None:
         key = hash_token(token)  # raw tokens are not kept, not even in memory
         user = self._auth_cache.get(key)
-        if user is None:
-            user = await self.users.by_token(token)
-            if user is not None:
-                if len(self._auth_cache) >= _AUTH_CACHE_SIZE:
-                    self._auth_cache.clear()
-                self._auth_cache[key] = user
+        if user is not None:
+            return user
+        # One lookup per token at a time: a burst of requests with a new token (hundreds of runs
+        # started at once) measured hundreds of identical queries queued for connections.
+        lookup = self._auth_lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self.users.by_token(token))
+            self._auth_lookups[key] = lookup
+            lookup.add_done_callback(lambda _: self._auth_lookups.pop(key, None))
+        user = await asyncio.shield(lookup)
+        if user is not None:
+            if len(self._auth_cache) >= _AUTH_CACHE_SIZE:
+                self._auth_cache.clear()
+            self._auth_cache[key] = user
         return user
+
+
+async def _join_cluster(settings: Settings, worker_id: str) -> Cluster:
+    """The cluster's database work (heartbeats, sweeps, reconciliation) on connections of its own.
+
+    Measured: on the server's pool, a heartbeat waited behind a burst of run starts for longer
+    than the worker timeout, and healthy workers were taken for lost.
+    """
+    control = Database(settings.resolved_database_url, pool_size=CONTROL_POOL_SIZE)
+    return Cluster(settings.cluster, worker_id, Runs(control, worker_id), Workers(control), control)
 
 
 async def _start_simulator(settings: Settings) -> SimulatorServer:

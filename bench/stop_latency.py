@@ -18,8 +18,8 @@ With ``--workers N`` (N >= 2) the server is N ``runforge serve`` processes shari
 database (a fresh one per bench run, dropped at the end) and one Redis (a fresh key prefix,
 deleted at the end). Run i starts on worker i % N and its stop goes to worker (i + 1) % N, which
 does not own it: that worker records the stop in the database and publishes it on the owner's
-Redis channel, and the owner cancels the run. The client also subscribes to the owners' stop
-channels, to timestamp when each stop was published (``--no-pubsub-tap`` turns that off).
+Redis channel, and the owner cancels the run. The client also subscribes to the stop
+channel, to timestamp when each stop was published (``--no-pubsub-tap`` turns that off).
 
     .venv/bin/python bench/stop_latency.py --workers 2 --runs 500 --pace-ms 15
 
@@ -721,15 +721,15 @@ class PidGroups:
         return groups
 
 
-# The owner's stop channel, as app/cluster/stops.py names it.
-def stop_channel(prefix: str, worker: str) -> str:
-    return f"{prefix}:stop:{worker}"
+# The channel every worker hears stops on, as app/cluster/stops.py names it.
+def stops_channel(prefix: str) -> str:
+    return f"{prefix}:stops"
 
 
 async def tap_stops(broker_url: str, channels: list[str], published: dict[str, float], ready: asyncio.Event) -> None:
-    """Subscribe next to the owners: when did each stop the other worker sent go out on Redis?
+    """Subscribe next to the workers: when did each stop the other worker sent go out on Redis?
 
-    One more subscriber on each channel (PUBLISH counts it; the workers only check for 0)."""
+    One more subscriber on the channel (PUBLISH counts it; the workers only check for 0)."""
     redis = Redis.from_url(broker_url, socket_connect_timeout=INFRA_CONNECT_TIMEOUT_S)
     subscribed = 0
     try:
@@ -897,7 +897,7 @@ async def benchmark(cfg: Config, target: Target) -> Outcome:
         ]
         if target.infra is not None and cfg.pubsub_tap:
             ready = asyncio.Event()
-            channels = [stop_channel(target.infra.prefix, s.name) for s in target.servers]
+            channels = [stops_channel(target.infra.prefix)]
             probe_tasks.append(asyncio.create_task(tap_stops(cfg.broker_url, channels, published, ready)))
             async with asyncio.timeout(STARTUP_TIMEOUT_S):
                 await ready.wait()

@@ -238,3 +238,47 @@ async def test_v1_interrupt_and_socket_interrupt_reach_the_owner(cluster: Cluste
                 rest = await collect(events)
         assert rest[-1].event == "interrupted"
     await sdk.close()
+
+
+async def test_a_stop_through_another_worker_answers_as_the_owner_would(cluster: Cluster) -> None:
+    w1 = await cluster.start_worker("w1")
+    w2 = await cluster.start_worker("w2")
+    async with w1.client(cluster.token) as h1, w2.client(cluster.token) as h2:
+        app_id = await new_app(h1)
+        # A finished run: 200 with its final status, from any worker, idempotent.
+        body = gen_body(app_id, "done-1", message="[sim:long_text tokens=5]")
+        async with open_stream(h1, "POST", "/app/chat/gen/code", json=body) as (_, events):
+            assert (await collect(events))[-1].event == "done"
+        await wait_for_status(h2, "done-1", "completed")
+        answer = await h2.post("/app/chat/stop", json={"runId": "done-1"})
+        assert (answer.status_code, answer.json()["status"]) == (200, "completed")
+        # An unknown run: 404, after the owners had their chance to answer.
+        assert (await h2.post("/app/chat/stop", json={"runId": "nobody"})).status_code == 404
+        # A rollback stop through the other worker answers once the owner has restored the files.
+        # (A new app for each long run: the simulator follows the first directive in the history.)
+        app_id = await new_app(h1)
+        async with open_stream(h1, "POST", "/app/chat/gen/code", json=gen_body(app_id, "rb-1")) as (_, events):
+            await collect(events, until=lambda e: e.event == "message")
+            answer = await h2.post("/app/chat/stop", json={"runId": "rb-1", "mode": "rollback"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"runId": "rb-1", "status": "interrupted", "mode": "rollback", "rolledBack": True}
+            assert (await collect(events))[-1].event == "interrupted"
+        # Stopping again: the owner still holds it (finished), so the answer is its final status.
+        again = await h2.post("/app/chat/stop", json={"runId": "rb-1"})
+        assert (again.status_code, again.json()["status"]) == (200, "interrupted")
+        # Another user's run: 403 through the other worker too, and the run goes on.
+        added = await cluster.spawn("user", "add", "bob", data_dir=cluster.data_dir, env=cluster.env("cli"))
+        assert await added.finish() == 0, added.stderr()
+        bob = added.output.strip().splitlines()[-1]
+        app_id = await new_app(h1)
+        async with open_stream(h1, "POST", "/app/chat/gen/code", json=gen_body(app_id, "mine-1")) as (_, events):
+            await collect(events, until=lambda e: e.event == "message")
+            async with w2.client(bob) as as_bob:
+                refused = await as_bob.post("/app/chat/stop", json={"runId": "mine-1"})
+                assert refused.status_code == 403, refused.text
+                assert (await as_bob.post("/v1/interrupt", json={"requestId": "mine-1"})).status_code == 403
+            more = await collect(events, until=lambda e: e.event == "message")
+            assert more[-1].event == "message"  # still streaming
+            stopped = await h2.post("/app/chat/stop", json={"runId": "mine-1"})
+            assert stopped.status_code == 202, stopped.text
+            assert (await collect(events))[-1].event == "interrupted"

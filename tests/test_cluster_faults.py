@@ -145,14 +145,14 @@ async def wait_for_log(worker: Worker, text: str) -> None:
             await asyncio.sleep(0.02)
 
 
-async def wait_subscribed(redis_url: str, channels: list[str]) -> None:
-    """Until every channel has a subscriber again (the workers' stop listeners reconnected)."""
+async def wait_subscribed(redis_url: str, expected: dict[str, int]) -> None:
+    """Until every channel has its subscribers again (the workers' stop listeners reconnected)."""
     client = Redis.from_url(redis_url)
     try:
         async with asyncio.timeout(RECOVERS_WITHIN_S):
             while True:
-                counts = dict(await client.pubsub_numsub(*channels))
-                if all(counts.get(channel.encode()) == 1 for channel in channels):
+                counts = dict(await client.pubsub_numsub(*expected))
+                if all(counts.get(channel.encode()) == count for channel, count in expected.items()):
                     return
                 await asyncio.sleep(0.02)  # nothing announces a subscription to another client
     finally:
@@ -242,7 +242,8 @@ async def test_a_redis_restart_loses_no_stop_and_no_event(private_redis: Private
 
         # After the restart, everything works as before: both stop listeners are subscribed
         # again, a new run streams to a joiner on the other worker, and a stop lands.
-        await wait_subscribed(private_redis.url, [f"{cluster.prefix}:stop:w1", f"{cluster.prefix}:stop:w2"])
+        channels = {f"{cluster.prefix}:stops": 2, f"{cluster.prefix}:replies:w1": 1, f"{cluster.prefix}:replies:w2": 1}
+        await wait_subscribed(private_redis.url, channels)
         await new_run_joined_and_stopped_across_workers(h1, h2, app_id, "after-restart-1")
 
 

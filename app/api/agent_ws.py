@@ -29,12 +29,12 @@ from litestar.exceptions import WebSocketDisconnect
 
 from app.api.chat import GenRequest, start_code_run
 from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
-from app.api.sse import stop_elsewhere
+from app.api.stopping import stop_elsewhere
 from app.control.cancel import StopMode, StopReason, uncancel_current_task
 from app.control.events import Done, Failed, Interrupted, LoggedEvent
 from app.control.manager import Multitask
 from app.control.run import RUN_ID_PATTERN, CancelOutcome, Run
-from app.errors import AppError
+from app.errors import AppError, Forbidden
 from app.services import Services
 from app.store.models import User
 
@@ -221,10 +221,17 @@ class AgentSession:
             outcome = run.cancel(StopReason.USER_STOP)
             return ("SUCCESS", None) if outcome is CancelOutcome.STOPPING else ("ALREADY_FINISHED", None)
         if run is None:
+            try:
+                remote = await stop_elsewhere(
+                    self._services, self._user, request_id, StopReason.USER_STOP, StopMode.IMMEDIATE
+                )
+            except Forbidden:  # another user's run is unknown to this socket
+                return "NOT_FOUND", self._not_found_hint(request_id)
+            if remote is not None:
+                return ("SUCCESS" if remote.stopping else "ALREADY_FINISHED"), None
             row = await self._services.runs.get(request_id)
             if row is not None and row.user_id == self._user.id:
-                stopped = await stop_elsewhere(self._services, row, StopReason.USER_STOP, StopMode.IMMEDIATE)
-                return ("SUCCESS" if stopped else "ALREADY_FINISHED"), None
+                return "ALREADY_FINISHED", None
         return "NOT_FOUND", self._not_found_hint(request_id)
 
     def _not_found_hint(self, unknown_id: str) -> str:

@@ -12,7 +12,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app
-from app.api.sse import event_stream, stop_elsewhere
+from app.api.sse import event_stream
+from app.api.stopping import stop_elsewhere
 from app.control.cancel import StopMode, StopReason
 from app.control.manager import Multitask, RunRequest
 from app.control.run import RUN_ID_PATTERN, CancelOutcome, OnDisconnect, Run
@@ -138,17 +139,20 @@ async def stop_run(
 
 async def _stop_recorded(services: Services, user: User, run_id: str, mode: StopMode) -> Response[dict[str, Any]]:
     """A run not in this worker's memory: another worker's (stopped through it), or finished."""
-    row = await services.runs.get(run_id)
-    if row is None:
-        raise NotFound(f"no run {run_id!r}", code="run_not_found")
-    check_run_owner(row.user_id, user, run_id)
-    if not await stop_elsewhere(services, row, StopReason.USER_STOP, mode):
+    remote = await stop_elsewhere(services, user, run_id, StopReason.USER_STOP, mode)
+    if remote is None:
+        row = await services.runs.get(run_id)
+        if row is None:
+            raise NotFound(f"no run {run_id!r}", code="run_not_found")
+        check_run_owner(row.user_id, user, run_id)
         return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
-    if mode is not StopMode.ROLLBACK:
-        return Response({"runId": run_id, "status": "stopping", "mode": mode.value}, status_code=HTTP_202_ACCEPTED)
-    # As on the owner, a rollback stop answers once the files are back.
+    if remote.stopping and mode is not StopMode.ROLLBACK:
+        return Response({"runId": run_id, "status": "stopping", "mode": remote.mode}, status_code=HTTP_202_ACCEPTED)
+    # As on the owner: stopped already, completing, or rolling back: answer with the final status.
     assert services.cluster is not None
     await services.cluster.wait_ended(run_id, ROLLBACK_WAIT_S)
-    row = await services.runs.get(run_id) or row
-    final = {"runId": run_id, "status": row.status, "mode": row.stop_mode or mode.value, "rolledBack": row.rolled_back}
+    row = await services.runs.get(run_id)
+    status = row.status if row else remote.status
+    rolled_back = bool(row and row.rolled_back)
+    final = {"runId": run_id, "status": status, "mode": remote.mode, "rolledBack": rolled_back}
     return Response(final, status_code=HTTP_200_OK)

@@ -20,7 +20,7 @@ from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
 
 from app.api.deps import CurrentUser, ServicesDep, bearer_token, check_run_owner
 from app.api.proxy_relay import AsgiReply, relay
-from app.api.sse import stop_elsewhere
+from app.api.stopping import stop_elsewhere
 from app.control.cancel import StopMode, StopReason
 from app.control.manager import RunRequest
 from app.control.run import CancelOutcome, Run, RunKind
@@ -148,13 +148,16 @@ def _interrupt_target(data: InterruptRequest) -> str:
 
 
 async def _interrupt_recorded(services: Services, user: User, request_id: str) -> dict[str, Any]:
-    """A request this server no longer holds in memory: answer from its record."""
+    """A request this worker does not hold: another worker's (stopped through it), or finished."""
+    remote = await stop_elsewhere(services, user, request_id, StopReason.USER_STOP, StopMode.IMMEDIATE)
+    if remote is not None:
+        if remote.stopping:
+            return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", remote.status)
+        return _interrupt_answer(request_id, f"Request {request_id} had already finished", remote.status)
     row = await services.runs.get(request_id)
     if row is None:
         raise NotFound(f"no request {request_id!r}: it never ran here or is unknown", code="request_not_found")
     check_run_owner(row.user_id, user, request_id)
-    if await stop_elsewhere(services, row, StopReason.USER_STOP, StopMode.IMMEDIATE):
-        return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", "stopping")
     return _interrupt_answer(request_id, f"Request {request_id} had already finished", row.status)
 
 

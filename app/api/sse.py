@@ -64,22 +64,13 @@ def remote_event_stream(
         return terminal_frame(fresh) if _nothing_more_will_come(fresh, last_seq) else None
 
     def on_lost() -> None:
-        stop = cluster.request_stop(row.id, row.owner_worker, StopReason.CLIENT_DISCONNECT, StopMode.IMMEDIATE)
+        stop = cluster.request_stop(row.id, StopReason.CLIENT_DISCONNECT, StopMode.IMMEDIATE)
         task = asyncio.ensure_future(stop)
         _remote_stops.add(task)
         task.add_done_callback(_remote_stops.discard)
 
     frames = cluster.streams.follow(row.id, after_seq, run_ended)
     return _response(services, row.id, frames, on_lost if on_disconnect is OnDisconnect.CANCEL else None)
-
-
-async def stop_elsewhere(services: Services, row: RunRow, reason: StopReason, mode: StopMode) -> bool:
-    """Send a stop to the worker that owns an active run. False if no other worker owns it."""
-    cluster = services.cluster
-    if cluster is None or row.status not in ACTIVE_STATUSES or row.owner_worker == cluster.worker_id:
-        return False
-    await cluster.request_stop(row.id, row.owner_worker, reason, mode)
-    return True
 
 
 def _nothing_more_will_come(row: RunRow, last_seq: int) -> bool:

@@ -26,16 +26,18 @@ import socket
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.cluster.stops import StopBus, StopMessage
+from app.cluster.stops import FORBIDDEN, StopBus, StopMessage, StopReply
 from app.cluster.streams import RunStreams, StreamPublisher
 from app.control.cancel import StopMode, StopReason
 from app.control.events import Failed, log_event
 from app.control.run import Run
 from app.errors import Conflict
 from app.settings import ClusterSettings
+from app.store.db import Database
 from app.store.repo import ABANDONED_RUN_LAST_SEQ, WORKER_LOST, Runs, Workers
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 # How long a new run waits for the app's active run on another worker to end after its stop,
 # at least: longer than a lost owner takes to be found (its run then ends worker_lost).
 MAKE_ROOM_TIMEOUT_S = 15.0
+# How long a stop for a run of another worker waits for the owner's answer before it takes the
+# durable path (the row). Generous for a loaded owner: the answer normally takes a millisecond.
+STOP_REPLY_TIMEOUT_S = 0.5
 ROW_POLL_S = 0.02
 # Rows of workers silent this long are deleted (their runs were failed long before).
 FORGET_WORKERS_AFTER_S = 24 * 3600.0
@@ -60,13 +65,16 @@ def new_worker_id() -> str:
 
 
 class Cluster:
-    def __init__(self, settings: ClusterSettings, worker_id: str, runs: Runs, workers: Workers) -> None:
+    def __init__(
+        self, settings: ClusterSettings, worker_id: str, runs: Runs, workers: Workers, db: Database | None = None
+    ) -> None:
         if settings.broker_url is None:
             raise ValueError("a cluster needs a broker URL")
         self.settings = settings
         self.worker_id = worker_id
         self._runs = runs
         self._workers = workers
+        self._db = db  # the connections of runs and workers, if they are the cluster's own: closed at stop
         self._redis = Redis.from_url(
             settings.broker_url, protocol=2, socket_connect_timeout=2.0, socket_keepalive=True, health_check_interval=5
         )
@@ -75,6 +83,7 @@ class Cluster:
         self._bus = StopBus(self._redis, settings.prefix)
         self._local: LocalRuns | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._replies: dict[str, asyncio.Future[StopReply]] = {}
         self._reconcile_now = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -88,7 +97,8 @@ class Cluster:
                 f"the broker (RUNFORGE_BROKER_URL) at {self._redis_location()} is unreachable: {exc}"
             ) from exc
         await self._workers.register(self.worker_id, socket.gethostname(), os.getpid())
-        self._spawn(self._bus.listen(self.worker_id, self._on_stop, self._reconcile_now.set), "stop-listener")
+        listen = self._bus.listen(self.worker_id, self._on_stop, self._on_reply, self._reconcile_now.set)
+        self._spawn(listen, "stop-listener")
         self._spawn(self._reconcile_loop(), "reconciler")
         self._spawn(self._liveness_loop(), "liveness")
         self._spawn(self._publisher.run_forever(), "stream-publisher")
@@ -105,6 +115,8 @@ class Cluster:
         except Exception:
             log.exception("could not mark this worker stopped; the others will see it go silent")
         await self._redis.aclose()
+        if self._db is not None:
+            await self._db.dispose()
 
     # -- hooks of the run manager ----------------------------------------------------------
 
@@ -124,26 +136,44 @@ class Cluster:
             return  # one of ours: the manager's own rule has handled it
         if reject and not stop_requested:
             raise Conflict(f"app {app_id} already has an active run {run_id}", code="run_active")
-        await self.request_stop(run_id, owner, StopReason.SUPERSEDED, StopMode.IMMEDIATE)
+        await self.request_stop(run_id, StopReason.SUPERSEDED, StopMode.IMMEDIATE)
         timeout_s = max(MAKE_ROOM_TIMEOUT_S, self.settings.worker_timeout_s + 3 * self.settings.heartbeat_s)
         if not await self.wait_ended(run_id, timeout_s):
             raise Conflict(f"app {app_id}'s run {run_id} on another worker did not stop in time", code="run_active")
 
     # -- commands from handlers ------------------------------------------------------------
 
-    async def request_stop(self, run_id: str, owner: str | None, reason: StopReason, mode: StopMode) -> bool:
-        """Stop a run another worker owns: the row first (the truth), then the owner's channel.
+    async def stop_remote(self, run_id: str, user_id: str, reason: StopReason, mode: StopMode) -> StopReply | None:
+        """Stop a run some other worker holds, as its user: the owner's answer, or None if no
+        worker answered in time (then nothing is known, and the row is the way: request_stop)."""
+        ticket = secrets.token_hex(8)
+        answer: asyncio.Future[StopReply] = asyncio.get_running_loop().create_future()
+        self._replies[ticket] = answer
+        message = StopMessage(run_id, reason.value, mode.value, user_id, self.worker_id, ticket)
+        try:
+            await self._bus.broadcast(message)
+            async with asyncio.timeout(STOP_REPLY_TIMEOUT_S):
+                return await answer
+        except (RedisError, OSError) as exc:
+            log.warning("could not broadcast a stop (%s); recording it in the database", exc)
+            return None
+        except TimeoutError:
+            return None
+        finally:
+            del self._replies[ticket]
 
-        Returns False if the row was no longer active or a stop had already been recorded.
+    async def request_stop(self, run_id: str, reason: StopReason, mode: StopMode) -> bool:
+        """The durable stop: record it in the row (the truth), then tell every worker.
+
+        Returns False if the row was no longer active or a stop had already been recorded. The
+        owner acts on the message, or on the row at its next reconciliation if the message is lost.
         """
         recorded = await self._runs.request_stop(run_id, reason.value, mode.value)
-        if owner is not None:
-            try:
-                receivers = await self._bus.send(owner, StopMessage(run_id, reason.value, mode.value))
-                if receivers == 0:
-                    log.info("stop for %s had no receiver; the owner's reconciliation will find it", run_id)
-            except (RedisError, OSError) as exc:
-                log.warning("could not send a stop (%s); the owner's reconciliation will find it", exc)
+        try:
+            if await self._bus.broadcast(StopMessage(run_id, reason.value, mode.value)) == 0:
+                log.info("stop for %s had no receiver; the owner's reconciliation will find it", run_id)
+        except (RedisError, OSError) as exc:
+            log.warning("could not send a stop (%s); the owner's reconciliation will find it", exc)
         return recorded
 
     async def wait_ended(self, run_id: str, timeout_s: float) -> bool:
@@ -163,13 +193,28 @@ class Cluster:
     def _on_stop(self, message: StopMessage) -> None:
         run = self._local.get(message.runId) if self._local else None
         if run is None:
-            return  # not (or no longer) here: reconciliation settles its row
+            return  # not (or no longer) here: its owner answers, or reconciliation settles its row
+        if message.userId is not None and message.userId != run.user_id:
+            self._answer(message, StopReply("", run.id, FORBIDDEN, run.status.value, run.stop_mode.value))
+            return
         try:
             reason, mode = StopReason(message.reason), StopMode(message.mode)
         except ValueError:
             log.warning("ignored a stop with an unknown reason or mode: %r", message)
             return
-        run.cancel(reason, mode)
+        outcome = run.cancel(reason, mode)
+        self._answer(message, StopReply("", run.id, outcome.value, run.status.value, run.stop_mode.value))
+
+    def _answer(self, message: StopMessage, reply: StopReply) -> None:
+        if message.replyTo is None or message.ticket is None:
+            return
+        answer = self._bus.reply(message.replyTo, msgspec.structs.replace(reply, ticket=message.ticket))
+        self._spawn(_log_errors(answer, "could not answer a stop"), f"stop-reply:{message.runId}")
+
+    def _on_reply(self, reply: StopReply) -> None:
+        answer = self._replies.get(reply.ticket)
+        if answer is not None and not answer.done():
+            answer.set_result(reply)
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -191,7 +236,9 @@ class Cluster:
             elif run is None or run.finished:
                 await self._fail_if_stale(run_id)
             elif stop_requested:
-                self._on_stop(StopMessage(run_id, reason or StopReason.USER_STOP.value, mode or "immediate"))
+                self._on_stop(
+                    StopMessage(run_id, reason or StopReason.USER_STOP.value, mode or StopMode.IMMEDIATE.value)
+                )
 
     async def _fail_if_stale(self, run_id: str) -> None:
         """A row of ours that says active with no run in memory: its outcome was never written."""
@@ -254,6 +301,13 @@ class Cluster:
     def _redis_location(self) -> str:
         kwargs = self._redis.connection_pool.connection_kwargs
         return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+
+
+async def _log_errors(coro: Coroutine[Any, Any, None], what: str) -> None:
+    try:
+        await coro
+    except (RedisError, OSError) as exc:
+        log.warning("%s: %s", what, exc)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

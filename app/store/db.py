@@ -31,13 +31,15 @@ if TYPE_CHECKING:
 SQLITE_BUSY_TIMEOUT_MS = 5000
 SCHEMA_ATTEMPTS = 6  # create_schema on a locked fresh SQLite file: waits 0.05 s, 0.1 s, ... 1.6 s
 READ_ONLY_OPTION = "runforge_read_only"
+# Pooled connections per process (and as many again in bursts) on PostgreSQL; SQLite has no pool limit.
+SERVER_POOL_SIZE = 20
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = SERVER_POOL_SIZE) -> None:
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
-        self.engine: AsyncEngine = create_async_engine(url, **self._engine_options())
+        self.engine: AsyncEngine = create_async_engine(url, **self._engine_options(pool_size))
         if self.is_sqlite:
             _install_sqlite_recipe(self.engine)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -51,10 +53,12 @@ class Database:
         read_engine = self.engine.execution_options(**{READ_ONLY_OPTION: True})
         self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False)
 
-    def _engine_options(self) -> dict[str, Any]:
+    def _engine_options(self, pool_size: int) -> dict[str, Any]:
         if self.is_sqlite:
             return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
-        return {"pool_pre_ping": True}
+        # A server database: every run holds a connection for a few milliseconds at its start and
+        # end, and a burst of hundreds of starts kept SQLAlchemy's default 5 (+10) all in use.
+        return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size}
 
     async def create_schema(self, *, upgrade: bool = False) -> SchemaChange:
         """Create an empty database at head; refuse (or, with ``upgrade``, upgrade) an older one.
