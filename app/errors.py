@@ -63,10 +63,11 @@ class Conflict(AppError):
 class AppBusy(Conflict):
     """The app has an active run (found by the database's check, with several workers)."""
 
-    def __init__(self, app_id: str, run_id: str, owner_worker: str | None) -> None:
+    def __init__(self, app_id: str, run_id: str, owner_worker: str | None, stop_requested: bool) -> None:
         super().__init__(f"app {app_id} has an active run {run_id}", code="run_active")
         self.run_id = run_id
         self.owner_worker = owner_worker
+        self.stop_requested = stop_requested
 
 
 class ServiceUnavailable(AppError):

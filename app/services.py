@@ -57,7 +57,7 @@ class Services:
         await db.create_schema()
         worker_id = settings.cluster.worker_id or new_worker_id()
         runs = Runs(db, worker_id, exclusive_apps=settings.cluster.enabled)
-        cluster = await _join_cluster(settings, worker_id) if settings.cluster.enabled else None
+        cluster = _cluster(settings, worker_id, runs, db) if settings.cluster.enabled else None
         if cluster is None:
             # One process: whatever a previous one left active died with it. With several
             # workers, the others' runs are alive: lost workers are found by heartbeat instead.
@@ -136,14 +136,17 @@ class Services:
         return user
 
 
-async def _join_cluster(settings: Settings, worker_id: str) -> Cluster:
-    """The cluster's database work (heartbeats, sweeps, reconciliation) on connections of its own.
-
-    Measured: on the server's pool, a heartbeat waited behind a burst of run starts for longer
-    than the worker timeout, and healthy workers were taken for lost.
-    """
+def _cluster(settings: Settings, worker_id: str, runs: Runs, db: Database) -> Cluster:
+    """This worker's part of the cluster; its loops' database work on two connections of their own."""
     control = Database(settings.resolved_database_url, pool_size=CONTROL_POOL_SIZE)
-    return Cluster(settings.cluster, worker_id, Runs(control, worker_id), Workers(control), control)
+    return Cluster(
+        settings.cluster,
+        worker_id,
+        runs,
+        Workers(control),
+        control_runs=Runs(control, worker_id),
+        control_db=control,
+    )
 
 
 async def _start_simulator(settings: Settings) -> SimulatorServer:

@@ -64,8 +64,9 @@ class RunPeers(Protocol):
     def launched(self, run: Run) -> None:
         """A run of this worker has started (its events are mirrored for the others)."""
 
-    async def make_room(self, app_id: str, reject: bool) -> None:
-        """Until the app has no active run on another worker (stopped, or Conflict if reject)."""
+    async def make_room(self, app_id: str, reject: bool, busy: AppBusy | None = None) -> None:
+        """Until the app has no active run on another worker (stopped, or Conflict if reject).
+        ``busy``: the active run the insert found, if that is how we know."""
 
 
 # With several workers, a start can lose the race for an app to a start on another worker
@@ -127,17 +128,26 @@ class RunManager:
             if request.app_id is None:
                 return await self._create_and_launch(request)
             async with self._app_lock(request.app_id):
-                for attempt in range(1, START_ATTEMPTS + 1):
-                    await self._make_room(request.app_id, request.multitask)
-                    try:
-                        # An id used by an earlier run fails the insert (unique key): 409 run_id_taken.
-                        return await self._create_and_launch(request)
-                    except AppBusy:
-                        if attempt == START_ATTEMPTS:
-                            raise
-                raise AssertionError("unreachable")
+                return await self._start_on_app(request.app_id, request)
         finally:
             self._reserved.discard(request.run_id)
+
+    async def _start_on_app(self, app_id: str, request: RunRequest) -> Run:
+        """Make room on the app (this worker's run), then insert. With several workers the insert
+        itself checks the app has no active run elsewhere, so the common case costs no extra
+        query; a busy app (AppBusy) has its run stopped through its worker, and the insert is
+        tried again."""
+        await self._make_room(app_id, request.multitask)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                # An id used by an earlier run fails the insert (unique key): 409 run_id_taken.
+                return await self._create_and_launch(request)
+            except AppBusy as busy:
+                if self._peers is None or attempt == START_ATTEMPTS:
+                    raise
+                await self._peers.make_room(app_id, request.multitask is Multitask.REJECT, busy)
+                await self._make_room(app_id, request.multitask)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def delete_app(self, app_id: str, delete: Callable[[], Awaitable[None]]) -> None:
         """Stop the app's active run, wait until it has ended, then delete: no start can slip in."""
@@ -201,8 +211,6 @@ class RunManager:
         self._reserved.add(run_id)
 
     async def _make_room(self, app_id: str, multitask: Multitask) -> None:
-        if self._peers is not None:
-            await self._peers.make_room(app_id, reject=multitask is Multitask.REJECT)
         old = self._active_by_app.get(app_id)
         if old is None:
             return

@@ -156,7 +156,7 @@ class Runs:
                     await conn.execute(_LOCK_APP, {"key": run.app_id})
                 active = (await conn.execute(_ACTIVE_RUN_OF_APP, {"app_id": run.app_id})).first()
                 if active is not None:
-                    raise AppBusy(run.app_id, active.id, active.owner_worker)
+                    raise AppBusy(run.app_id, active.id, active.owner_worker, active.stop_requested_at is not None)
             await conn.execute(_INSERT_RUN, values)
 
     async def active_run_of_app(self, app_id: str) -> tuple[str, str | None, bool] | None:
