@@ -139,6 +139,14 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"runforge: {exc}", file=sys.stderr)
         return 2
+    if workers > 1 and settings.cluster.worker_id is not None:
+        print(
+            f"runforge: RUNFORGE_WORKER_ID names one worker, and {workers} workers cannot share it "
+            "(each would take the others' runs for its own lost ones). Unset it: each worker then "
+            "gets <host>-<pid>-<random>.",
+            file=sys.stderr,
+        )
+        return 2
     if workers > 1 and not settings.cluster.enabled:
         print(
             f"runforge: {workers} workers need a broker: set RUNFORGE_BROKER_URL (redis://host:port/db). "

@@ -57,19 +57,19 @@ class Cluster:
 
     def env(self, name: str, **extra: str) -> dict[str, str]:
         """A worker's environment, over the child's (tests/cli_kit.py: data dir, port 0)."""
-        return dict(
-            RUNFORGE_DATABASE_URL=self.database_url,
-            RUNFORGE_BROKER_URL=self.redis_url,
-            RUNFORGE_BROKER_PREFIX=self.prefix,
-            RUNFORGE_WORKER_ID=name,
-            RUNFORGE_HEARTBEAT_S=str(HEARTBEAT_S),
-            RUNFORGE_WORKER_TIMEOUT_S=str(WORKER_TIMEOUT_S),
-            RUNFORGE_RECONCILE_S=str(RECONCILE_S),
-            RUNFORGE_LLM_BASE_URL=self.simulator.base_url,
-            RUNFORGE_LLM_API_KEY="sim",
-            RUNFORGE_BUILD="0",
-            **extra,
-        )
+        env = {
+            "RUNFORGE_DATABASE_URL": self.database_url,
+            "RUNFORGE_BROKER_URL": self.redis_url,
+            "RUNFORGE_BROKER_PREFIX": self.prefix,
+            "RUNFORGE_WORKER_ID": name,
+            "RUNFORGE_HEARTBEAT_S": str(HEARTBEAT_S),
+            "RUNFORGE_WORKER_TIMEOUT_S": str(WORKER_TIMEOUT_S),
+            "RUNFORGE_RECONCILE_S": str(RECONCILE_S),
+            "RUNFORGE_LLM_BASE_URL": self.simulator.base_url,
+            "RUNFORGE_LLM_API_KEY": "sim",
+            "RUNFORGE_BUILD": "0",
+        }
+        return env | extra
 
     async def start_worker(self, name: str, **extra_env: str) -> Worker:
         serve = ("serve", "--port", "0", "--no-access-log")

@@ -144,3 +144,11 @@ async def test_an_unreachable_broker_is_refused_before_any_worker_starts(spawn: 
     assert "runforge: the broker (RUNFORGE_BROKER_URL) is unreachable" in cli.stderr()
     assert "Runforge listening" not in cli.output
     assert "Traceback" not in cli.stderr()
+
+
+async def test_one_worker_id_for_several_workers_is_refused(spawn: Spawn, tmp_path: Path) -> None:
+    env = {"RUNFORGE_BROKER_URL": "redis://127.0.0.1:6379/0", "RUNFORGE_WORKER_ID": "w1"}
+    cli = await spawn("serve", "--port", "0", "--workers", "2", data_dir=tmp_path / "data", env=env)
+    assert await cli.finish() == 2, cli.output + cli.stderr()
+    assert "RUNFORGE_WORKER_ID names one worker, and 2 workers cannot share it" in cli.stderr()
+    assert cli.output == ""

@@ -61,10 +61,11 @@ class AppsController(Controller):
     async def delete_app(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> None:
         await owned_app(services, user, app_id)
 
-        async def delete_everything() -> None:
-            await services.apps.delete(app_id)
+        async def delete_everything() -> list[str]:
+            run_ids = await services.apps.delete(app_id)
             await asyncio.to_thread(shutil.rmtree, services.workspace(app_id), ignore_errors=True)
             await asyncio.to_thread(services.checkpoints.delete, app_id)
+            return run_ids
 
         await services.manager.delete_app(app_id, delete_everything)
 

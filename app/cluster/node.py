@@ -30,7 +30,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.cluster.stops import FORBIDDEN, StopBus, StopMessage, StopReply
+from app.cluster.stops import FORBIDDEN, ForgetApp, StopBus, StopMessage, StopReply
 from app.cluster.streams import RunStreams, StreamPublisher
 from app.control.cancel import StopMode, StopReason
 from app.control.events import Failed, log_event
@@ -58,6 +58,7 @@ class LocalRuns(Protocol):
     """What the cluster needs from this worker's run manager."""
 
     def get(self, run_id: str) -> Run | None: ...
+    def forget_app(self, app_id: str) -> None: ...
 
 
 def new_worker_id() -> str:
@@ -95,6 +96,7 @@ class Cluster:
         self._local: LocalRuns | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._replies: dict[str, asyncio.Future[StopReply]] = {}
+        self._beating_since: float | None = None  # loop time of the first beat of the current streak
         self._reconcile_now = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -108,10 +110,11 @@ class Cluster:
                 f"the broker (RUNFORGE_BROKER_URL) at {self._redis_location()} is unreachable: {exc}"
             ) from exc
         await self._workers.register(self.worker_id, socket.gethostname(), os.getpid())
-        listen = self._bus.listen(self.worker_id, self._on_stop, self._on_reply, self._reconcile_now.set)
+        listen = self._bus.listen(self.worker_id, self._on_message, self._on_reply, self._reconcile_now.set)
         self._spawn(listen, "stop-listener")
         self._spawn(self._reconcile_loop(), "reconciler")
-        self._spawn(self._liveness_loop(), "liveness")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        self._spawn(self._sweep_loop(), "sweeper")
         self._spawn(self._publisher.run_forever(), "stream-publisher")
         log.info("worker %s joined the cluster (broker %s)", self.worker_id, self._redis_location())
 
@@ -134,6 +137,16 @@ class Cluster:
     def launched(self, run: Run) -> None:
         """A run of this worker started: mirror its events for followers on other workers."""
         self._publisher.add(run)
+
+    def forget_app(self, app_id: str, run_ids: list[str]) -> None:
+        """An app was deleted: its runs' streams go, and every worker forgets its finished runs,
+        so a run id used again (they are free once the rows are gone) is never the old run."""
+        self._spawn(_log_errors(self._forget_app(app_id, run_ids), "could not forget a deleted app's runs"), "forget")
+
+    async def _forget_app(self, app_id: str, run_ids: list[str]) -> None:
+        if run_ids:
+            await self._redis.delete(*(self.streams.key(run_id) for run_id in run_ids))
+        await self._bus.broadcast(ForgetApp(app_id))
 
     async def make_room(self, app_id: str, reject: bool, busy: AppBusy | None = None) -> None:
         """Wait until the app has no active run on another worker, stopping it (superseded)
@@ -207,6 +220,13 @@ class Cluster:
 
     # -- stops sent to this worker ---------------------------------------------------------
 
+    def _on_message(self, message: StopMessage | ForgetApp) -> None:
+        if isinstance(message, ForgetApp):
+            if self._local is not None:
+                self._local.forget_app(message.appId)
+        else:
+            self._on_stop(message)
+
     def _on_stop(self, message: StopMessage) -> None:
         run = self._local.get(message.runId) if self._local else None
         if run is None:
@@ -270,18 +290,42 @@ class Cluster:
 
     # -- liveness --------------------------------------------------------------------------
 
-    async def _liveness_loop(self) -> None:
+    async def _heartbeat_loop(self) -> None:
+        """Beat every heartbeat_s, on connections of its own, waiting on nothing else (not Redis)."""
+        loop = asyncio.get_running_loop()
         beats = 0
         while True:
             try:
                 await self._beat()
-                await self.sweep()
+                if self._beating_since is None:
+                    self._beating_since = loop.time()
                 beats += 1
                 if beats % 3600 == 0:
                     await self._workers.forget_old(FORGET_WORKERS_AFTER_S)
             except Exception as exc:
-                log.warning("heartbeat or sweep failed: %s", exc)
+                self._beating_since = None
+                log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_s)  # the heartbeat's period
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)  # the sweep's period
+            if not self._beating_steadily():
+                continue
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("sweep for lost workers failed: %s", exc)
+
+    def _beating_steadily(self) -> bool:
+        """Whether this worker's own heartbeats have gone through for a whole worker timeout.
+
+        Until then, others' stale heartbeats prove nothing: after a database outage every
+        worker's heartbeat is stale, and the first to beat again would fail the live runs of all
+        the others (measured: a 12 s outage did exactly that).
+        """
+        since = self._beating_since
+        return since is not None and asyncio.get_running_loop().time() - since >= self.settings.worker_timeout_s
 
     async def _beat(self) -> None:
         if not await self._workers.heartbeat(self.worker_id):

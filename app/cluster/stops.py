@@ -52,9 +52,18 @@ class StopReply(msgspec.Struct, frozen=True, tag="reply"):
     mode: str
 
 
-FORBIDDEN = "forbidden"
+class ForgetApp(msgspec.Struct, frozen=True, tag="forget"):
+    """An app was deleted: forget its finished runs (their ids may be used again)."""
 
-_decode = msgspec.json.Decoder(StopMessage | StopReply).decode
+    appId: str
+
+
+FORBIDDEN = "forbidden"
+# The stop channels' connection is pinged after this much silence, and dropped after this much.
+PING_AFTER_S = 5.0
+DEAD_AFTER_S = 15.0
+
+_decode = msgspec.json.Decoder(StopMessage | StopReply | ForgetApp).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -70,7 +79,7 @@ class StopBus:
     def replies_channel(self, worker_id: str) -> str:
         return f"{self.prefix}:replies:{worker_id}"
 
-    async def broadcast(self, message: StopMessage) -> int:
+    async def broadcast(self, message: StopMessage | ForgetApp) -> int:
         """Publish a stop to every worker; returns how many heard it (0: the row must do)."""
         receivers: int = await self.redis.publish(self.stops_channel, _encode(message))
         return receivers
@@ -81,19 +90,34 @@ class StopBus:
     async def listen(
         self,
         worker_id: str,
-        on_stop: Callable[[StopMessage], None],
+        on_stop: Callable[[StopMessage | ForgetApp], None],
         on_reply: Callable[[StopReply], None],
         on_subscribed: Callable[[], None],
     ) -> None:
-        """Receive stops and replies forever, reconnecting with backoff. Cancel to end."""
+        """Receive stops and replies forever, reconnecting with backoff. Cancel to end.
+
+        A quiet connection is pinged: one that a partition left half-open would otherwise stay
+        silent for hours (until TCP keepalive gives up), and stops would land only by
+        reconciliation meanwhile.
+        """
         backoff = Backoff()
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.stops_channel, self.replies_channel(worker_id))
-                    async for message in pubsub.listen():
-                        backoff.reset()
-                        _dispatch(message, on_stop, on_reply, on_subscribed)
+                    heard_at, pinged = loop.time(), False
+                    while True:
+                        message = await pubsub.get_message(timeout=PING_AFTER_S)
+                        if message is not None:
+                            heard_at, pinged = loop.time(), False
+                            backoff.reset()
+                            _dispatch(message, on_stop, on_reply, on_subscribed)
+                        elif loop.time() - heard_at > DEAD_AFTER_S:
+                            raise ConnectionError(f"no answer to PING for {DEAD_AFTER_S:.0f} s")
+                        elif not pinged:
+                            await pubsub.ping()  # answered by a "pong" message
+                            pinged = True
             except (RedisError, OSError) as exc:
                 delay = backoff.next()
                 log.warning("stop channel lost (%s); resubscribing in %.2f s", exc, delay)
@@ -102,7 +126,7 @@ class StopBus:
 
 def _dispatch(
     message: dict[str, object],
-    on_stop: Callable[[StopMessage], None],
+    on_stop: Callable[[StopMessage | ForgetApp], None],
     on_reply: Callable[[StopReply], None],
     on_subscribed: Callable[[], None],
 ) -> None:

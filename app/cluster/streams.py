@@ -154,7 +154,11 @@ class RunStreams:
                 await asyncio.sleep(backoff.next())
                 continue
             if not reply:
-                terminal = await run_ended(last_seq)
+                try:
+                    terminal = await run_ended(last_seq)
+                except Exception as exc:  # the database away for a moment: the stream goes on
+                    log.warning("could not check whether the run ended (%s)", exc, extra={"run_id": run_id})
+                    terminal = None
                 if terminal is not None:
                     yield terminal
                     return

@@ -64,6 +64,9 @@ class RunPeers(Protocol):
     def launched(self, run: Run) -> None:
         """A run of this worker has started (its events are mirrored for the others)."""
 
+    def forget_app(self, app_id: str, run_ids: list[str]) -> None:
+        """An app was deleted here: the other workers forget its finished runs, and their copies."""
+
     async def make_room(self, app_id: str, reject: bool, busy: AppBusy | None = None) -> None:
         """Until the app has no active run on another worker (stopped, or Conflict if reject).
         ``busy``: the active run the insert found, if that is how we know."""
@@ -149,8 +152,11 @@ class RunManager:
                 await self._make_room(app_id, request.multitask)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def delete_app(self, app_id: str, delete: Callable[[], Awaitable[None]]) -> None:
-        """Stop the app's active run, wait until it has ended, then delete: no start can slip in."""
+    async def delete_app(self, app_id: str, delete: Callable[[], Awaitable[list[str]]]) -> None:
+        """Stop the app's active run, wait until it has ended, then delete: no start can slip in.
+
+        ``delete`` returns the ids of the app's runs it deleted.
+        """
         async with self._app_lock(app_id):
             if self._peers is not None:  # a run of the app on another worker is stopped too
                 await self._peers.make_room(app_id, reject=False)
@@ -158,7 +164,16 @@ class RunManager:
             if run is not None:
                 run.cancel(StopReason.USER_STOP)
                 await run.wait_finished()
-            await delete()
+            run_ids = await delete()
+            self.forget_app(app_id)
+            if self._peers is not None:
+                self._peers.forget_app(app_id, run_ids)
+
+    def forget_app(self, app_id: str) -> None:
+        """Drop the finished runs of a deleted app: their ids are free again, and a new run with
+        one of them must not be mistaken for the old one (its events, its status)."""
+        for run_id in [run_id for run_id, (_, run) in self._finished.items() if run.app_id == app_id]:
+            del self._finished[run_id]
 
     @contextlib.asynccontextmanager
     async def idle_app(self, app_id: str) -> AsyncIterator[None]:

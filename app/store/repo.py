@@ -82,11 +82,13 @@ class Apps:
             query = select(App).where(App.owner_id == owner_id).order_by(App.created_at.desc(), App.id)
             return (await s.scalars(query)).all()
 
-    async def delete(self, app_id: str) -> None:
+    async def delete(self, app_id: str) -> list[str]:
+        """Delete the app with its history and runs; returns the ids of the runs deleted."""
         async with self._db.session() as s:
             await s.execute(delete(ChatMessage).where(ChatMessage.app_id == app_id))
-            await s.execute(delete(Run).where(Run.app_id == app_id))
+            runs = await s.execute(delete(Run).where(Run.app_id == app_id).returning(Run.id))
             await s.execute(delete(App).where(App.id == app_id))
+            return list(runs.scalars().all())
 
     async def messages(self, app_id: str) -> Sequence[ChatMessage]:
         async with self._db.read() as s:
