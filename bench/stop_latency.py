@@ -17,9 +17,10 @@ and registry entries or tasks left behind.
 With ``--workers N`` (N >= 2) the server is N ``runforge serve`` processes sharing one PostgreSQL
 database (a fresh one per bench run, dropped at the end) and one Redis (a fresh key prefix,
 deleted at the end). Run i starts on worker i % N and its stop goes to worker (i + 1) % N, which
-does not own it: that worker records the stop in the database and publishes it on the owner's
-Redis channel, and the owner cancels the run. The client also subscribes to the stop
-channel, to timestamp when each stop was published (``--no-pubsub-tap`` turns that off).
+does not own it: that worker publishes the stop on the stop channel every worker hears, and the
+owner cancels the run and answers it (the row is written only when no owner answers). The
+client also subscribes to the stop channel, to timestamp when each stop was published
+(``--no-pubsub-tap`` turns that off).
 
     .venv/bin/python bench/stop_latency.py --workers 2 --runs 500 --pace-ms 15
 
