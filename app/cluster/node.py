@@ -356,11 +356,10 @@ class Cluster:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, into: set[asyncio.Task[None]] | None = None) -> None:
-        tasks = self._tasks if into is None else into
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_crash)
 
     def _redis_location(self) -> str:
