@@ -70,19 +70,40 @@ def repo(tmp_path: Path) -> Path:
 # --- base ------------------------------------------------------------------------------------
 
 
-def test_base_creates_a_missing_workspace_and_an_empty_first_commit(store: Checkpoints, ws: Path, repo: Path) -> None:
-    sha = store.base(APP, ws, "r1")
-    assert ws.is_dir()
-    [only] = store.list(APP)
-    assert (only.sha, only.kind, only.run_id, only.files) == (sha, "baseline", "r1", 0)
-    assert only.summary == "baseline before run r1"
-    assert git(repo, "rev-parse", "HEAD") == sha
+def test_base_of_a_new_app_runs_no_git_and_its_first_run_commit_writes_the_empty_baseline(
+    store: Checkpoints, ws: Path, repo: Path
+) -> None:
+    assert store.base(APP, ws, "r1") is None
+    assert not repo.exists()  # no repository, no git process: nothing to keep yet
+    assert store.list(APP) == []
+    write(ws, {"index.html": "<h1>r1</h1>"})
+    run = store.commit_run(APP, ws, "r1")
+    listed = store.list(APP)
+    assert [(c.kind, c.run_id, c.files, c.summary) for c in listed] == [
+        ("run", "r1", 1, "run r1"),
+        ("baseline", "r1", 0, "baseline before run r1"),
+    ]
+    assert listed[0].sha == run.sha == git(repo, "rev-parse", "HEAD")
+    assert git(repo, "rev-parse", f"{run.sha}^") == listed[1].sha
 
 
-def test_base_on_an_empty_existing_workspace(store: Checkpoints, ws: Path) -> None:
+def test_base_on_an_empty_existing_workspace_is_the_empty_baseline_too(store: Checkpoints, ws: Path) -> None:
     ws.mkdir(parents=True)
-    sha = store.base(APP, ws, "r1")
-    assert [c.sha for c in store.list(APP)] == [sha]
+    (ws / "node_modules").mkdir()  # never part of a checkpoint
+    (ws / "node_modules" / "dep.js").write_text("x")
+    assert store.base(APP, ws, "r1") is None
+
+
+def test_a_rollback_to_the_empty_baseline_empties_the_workspace_but_ignored_paths(
+    store: Checkpoints, ws: Path
+) -> None:
+    assert store.base(APP, ws, "r1") is None
+    write(ws, {"index.html": "half", "src/App.vue": "x", "node_modules/dep.js": "kept"})
+    store.restore(APP, ws, None)  # the stop in "rollback" mode of a first run
+    assert state(ws) == {"node_modules/dep.js": b"kept"}
+    assert store.list(APP) == []  # a rollback commits nothing
+    sha = store.base(APP, ws, "r2")  # the repository exists now: an ordinary baseline
+    assert [(c.sha, c.kind, c.files) for c in store.list(APP)] == [(sha, "baseline", 0)]
 
 
 def test_base_commits_dirty_state_once_then_returns_head(store: Checkpoints, ws: Path) -> None:
@@ -117,7 +138,7 @@ def test_commit_run_commits_even_when_nothing_changed(store: Checkpoints, ws: Pa
 
 
 def test_list_is_newest_first_with_kinds_run_ids_and_file_counts(store: Checkpoints, ws: Path) -> None:
-    base = store.base(APP, ws, "r1")
+    assert store.base(APP, ws, "r1") is None  # a new app: its baseline is written with r1's commit
     write(ws, {"a.txt": "a", "src/b.js": "b"})
     r1 = store.commit_run(APP, ws, "r1")
     assert store.base(APP, ws, "r2") == r1.sha  # clean after r1's commit: no baseline
@@ -131,7 +152,7 @@ def test_list_is_newest_first_with_kinds_run_ids_and_file_counts(store: Checkpoi
         ("run", "r1", 2),
         ("baseline", "r1", 0),
     ]
-    assert [c.sha for c in listed] == [revert.sha, r2.sha, r1.sha, base]
+    assert [c.sha for c in listed[:3]] == [revert.sha, r2.sha, r1.sha]
     assert [c.summary for c in listed] == ["revert to run r1", "run r2", "run r1", "baseline before run r1"]
     assert all(c.created_at.tzinfo is UTC for c in listed)
     assert listed[1] == r2  # what commit_run returned is what list reports
@@ -176,12 +197,13 @@ def test_restore_makes_the_workspace_equal_to_the_checkpoint(store: Checkpoints,
     write(ws, {"node_modules/pkg/new.js": "installed later", "dist/new.js": "rebuilt"})
     expected |= {"node_modules/pkg/new.js": b"installed later", "dist/new.js": b"rebuilt"}
 
+    listed = store.list(APP)
     store.restore(APP, ws, target.sha)
     assert state(ws) == expected
     assert not (ws / "deep").exists()
     assert not (ws / "empty").exists()
     assert git(repo, "rev-parse", "HEAD") == target.sha  # HEAD did not move
-    assert len(store.list(APP)) == 1  # and nothing was committed
+    assert store.list(APP) == listed  # and nothing was committed
 
 
 def test_restore_swaps_files_and_directories(store: Checkpoints, ws: Path) -> None:
@@ -254,6 +276,7 @@ def test_revert_to_run_is_a_checkpoint_and_can_be_reverted(store: Checkpoints, w
 
 
 def test_revert_to_an_unknown_run(store: Checkpoints, ws: Path) -> None:
+    write(ws, {"a.txt": "a"})
     store.base(APP, ws, "r1")  # a baseline is not a run checkpoint
     with pytest.raises(CheckpointError, match="r1 has no checkpoint"):
         store.revert_to_run(APP, ws, "r1")
@@ -382,6 +405,7 @@ def test_hooks_in_the_checkpoint_repository_do_not_run(
     store: Checkpoints, ws: Path, repo: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "pwned"
+    write(ws, {"seed.txt": "a repository to plant hooks in"})
     store.base(APP, ws, "r1")
     for hook in ("post-commit", "reference-transaction", "post-checkout", "pre-auto-gc"):
         write(repo, {f"hooks/{hook}": f"#!/bin/sh\ntouch {marker}\n"})

@@ -264,10 +264,9 @@ async def test_immediate_stop_after_a_tool_result_keeps_the_file_uncommitted(slo
     # The executed call's file stays, complete; the next call never ran.
     assert (slow.workspace / "file_1.txt").read_text() == midstream_content(1)
     assert not (slow.workspace / "file_2.txt").exists()
-    # ... but nothing of the run is committed: only the baseline taken before it, still empty.
-    assert [(c["kind"], c["files"]) for c in await checkpoints_of(slow.client, slow.app_id, run_id)] == [
-        ("baseline", 0)
-    ]
+    # ... but nothing of the run is committed: no checkpoint at all (a new app's empty baseline
+    # is only written with its first completed run).
+    assert await checkpoints_of(slow.client, slow.app_id, run_id) == []
     assert (await slow.client.get(f"/apps/{slow.app_id}/messages")).json() == []
 
 
