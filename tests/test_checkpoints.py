@@ -94,9 +94,7 @@ def test_base_on_an_empty_existing_workspace_is_the_empty_baseline_too(store: Ch
     assert store.base(APP, ws, "r1") is None
 
 
-def test_a_rollback_to_the_empty_baseline_empties_the_workspace_but_ignored_paths(
-    store: Checkpoints, ws: Path
-) -> None:
+def test_a_rollback_to_the_empty_baseline_empties_the_workspace_but_ignored_paths(store: Checkpoints, ws: Path) -> None:
     assert store.base(APP, ws, "r1") is None
     write(ws, {"index.html": "half", "src/App.vue": "x", "node_modules/dep.js": "kept"})
     store.restore(APP, ws, None)  # the stop in "rollback" mode of a first run
