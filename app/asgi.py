@@ -21,7 +21,7 @@ from app.api.agent_ws import agent_socket
 from app.api.apps import AppsController
 from app.api.chat import ChatController
 from app.api.deps import provide_services, provide_user
-from app.api.home import healthz, home
+from app.api.home import healthz, home, metrics, readyz
 from app.api.openai_compat import v1_router
 from app.api.preview import PreviewController
 from app.api.runs import RunsController
@@ -48,8 +48,9 @@ def create_app_from_env() -> Litestar:
     reads its settings from the environment it inherited, like the CLI, and sets up the CLI's
     logging. The listening socket comes from the parent, so host and port are not used.
     """
-    configure_logging()
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings.log_format)
+    return create_app(settings)
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -75,6 +76,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             home,
             healthz,
+            readyz,
+            metrics,
             AppsController,
             WorkspaceController,
             PreviewController,
@@ -96,6 +99,8 @@ def create_app(settings: Settings) -> Litestar:
         before_send=[echo_request_id],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="Runforge", version="0.1.0", path="/schema"),
+        # Logging is the process's (app/logs.py, set up by the CLI), not reconfigured per app.
+        logging_config=None,
         debug=False,
     )
 

@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"runforge: {exc}", file=sys.stderr)
         return 2
-    configure_logging()
+    configure_logging(settings.log_format)
     if args.command == "serve":
         return serve(settings, args)
     if args.command == "user":
@@ -182,7 +183,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     _print_banner(settings, port, token, workers)
     timeout_graceful_shutdown = int(settings.shutdown_grace_s) + 2
     if workers > 1:
-        return _serve_workers(workers, sock, access_log=not args.no_access_log, timeout=timeout_graceful_shutdown)
+        return _serve_workers(
+            workers, sock, access_log=not args.no_access_log, timeout=timeout_graceful_shutdown, settings=settings
+        )
     # Imported here: the app (litestar, openai, ...) takes ~0.9 s to import, which the other
     # commands, and the supervisor of several workers, need not pay.
     from app.asgi import create_app
@@ -190,6 +193,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         create_app(settings),
         log_level="info",
+        log_config=_uvicorn_log_config(settings),
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
     )
@@ -207,7 +211,12 @@ def _worker_count(args: argparse.Namespace) -> int:
         raise SettingsError(f"{ENV_PREFIX}WORKERS {exc}") from None
 
 
-def _serve_workers(workers: int, sock: socket.socket, *, access_log: bool, timeout: int) -> int:
+def _uvicorn_log_config(settings: Settings) -> dict[str, Any] | None:
+    """uvicorn's own format, or (JSON logs) none: its lines then go through ours (app/logs.py)."""
+    return None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+
+
+def _serve_workers(workers: int, sock: socket.socket, *, access_log: bool, timeout: int, settings: Settings) -> int:
     """uvicorn's supervisor: `workers` processes accepting on our socket, restarted if one dies.
 
     Each worker is a new process (multiprocessing's spawn): it builds its app with
@@ -224,6 +233,7 @@ def _serve_workers(workers: int, sock: socket.socket, *, access_log: bool, timeo
         factory=True,
         workers=workers,
         log_level="info",
+        log_config=_uvicorn_log_config(settings),
         access_log=access_log,
         timeout_graceful_shutdown=timeout,
     )

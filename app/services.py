@@ -17,6 +17,7 @@ from app.cluster.node import new_worker_id
 from app.control.manager import RunManager
 from app.llm.client import LLMClient
 from app.llm.simulator import SimulatorConfig, SimulatorServer
+from app.metrics import Metrics
 from app.presets import Catalog, load_catalog
 from app.settings import Settings
 from app.store.db import Database
@@ -81,7 +82,11 @@ class Services:
             tool_delay_s=settings.tool_delay_s,
         )
         manager = RunManager(
-            runs, functools.partial(run_codegen, deps=deps), retain_s=settings.finished_run_ttl_s, peers=cluster
+            runs,
+            functools.partial(run_codegen, deps=deps),
+            retain_s=settings.finished_run_ttl_s,
+            peers=cluster,
+            metrics=Metrics(),
         )
         if cluster is not None:
             await cluster.start(manager)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.build import BuildSettings
+from app.logs import LOG_FORMATS
 
 ENV_PREFIX = "RUNFORGE_"
 # The presets shipped with the repository (app/settings.py -> repo root / templates).
@@ -79,6 +80,8 @@ class Settings:
     # Fault injection: every tool call takes at least this long (tests of stop modes, demos).
     tool_delay_s: float = 0.0
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    # "text" (the default) or "json": one JSON object a line (app/logs.py).
+    log_format: str = "text"
 
     @property
     def workspaces_dir(self) -> Path:
@@ -133,7 +136,16 @@ class Settings:
             build=_build_settings(get),
             tool_delay_s=_float(get("TOOL_DELAY_MS"), "TOOL_DELAY_MS", 0.0) / 1000,
             cluster=_cluster_settings(get),
+            log_format=_choice(get("LOG_FORMAT"), "LOG_FORMAT", LOG_FORMATS, defaults.log_format),
         )
+
+
+def _choice(value: str | None, name: str, choices: tuple[str, ...], default: str) -> str:
+    if value is None:
+        return default
+    if value not in choices:
+        raise SettingsError(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _cluster_settings(get: Callable[[str], str | None]) -> ClusterSettings:

@@ -113,8 +113,9 @@ class ServeProcess:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0)
 
 
-async def start_serve(spawn: Spawn, data_dir: Path) -> ServeProcess:
-    child = await spawn("serve", "--port", "0", "--no-access-log", data_dir=data_dir)
+async def start_serve(spawn: Spawn, data_dir: Path, env: dict[str, str] | None = None) -> ServeProcess:
+    extra = {} if env is None else {"env": env}  # some callers wrap spawn without an env
+    child = await spawn("serve", "--port", "0", "--no-access-log", data_dir=data_dir, **extra)
     url = (await child.expect(r"Runforge listening on (http://127\.0\.0\.1:\d+)\n"))[1]
     login = await child.expect(r"\nLogin(?: URL: (\S+)|: .*)\n")
     token = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import signal
@@ -83,6 +84,26 @@ async def test_serve_prints_a_banner_with_a_login_url(spawn: Spawn, tmp_path: Pa
 
 
 # -- SIGTERM and crashes -------------------------------------------------------------------------
+
+
+async def test_serve_with_json_logs_names_the_run_app_and_user_of_a_runs_lines(spawn: Spawn, tmp_path: Path) -> None:
+    serve = await start_serve(spawn, tmp_path / "data", env={"RUNFORGE_LOG_FORMAT": "json"})
+    async with serve.client() as http:
+        app_id = (await http.post("/apps", json={"name": "logs", "codeGenType": "vue_project"})).json()["id"]
+        async with open_stream(http, "GET", gen_url(app_id, f"essay {LONG}", runId="r-json")) as (_, events):
+            await collect(events, until=lambda e: e.event == "message")
+            await http.post("/app/chat/stop", json={"runId": "r-json"})
+            await collect(events)
+        await wait_for_status(http, "r-json", "interrupted")
+    serve.child.proc.terminate()
+    assert await serve.child.finish() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
+    lines = serve.child.log.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is JSON, uvicorn's own included
+    decision = next(e for e in entries if e["message"].startswith("template-no-hit run=r-json"))
+    assert (decision["runId"], decision["appId"], decision["level"]) == ("r-json", app_id, "INFO")
+    assert decision["userId"]  # the local user's id
+    assert any(e["logger"].startswith("uvicorn") for e in entries)
+    assert serve.token not in serve.child.log.read_text()
 
 
 async def test_sigterm_interrupts_running_streams_and_exits(spawn: Spawn, tmp_path: Path) -> None:

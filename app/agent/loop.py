@@ -84,6 +84,7 @@ async def stream_step(
                         _accumulate(pending, choice.delta.tool_calls)
                         run.stats.partial_tool_calls = len(pending)
     finally:
+        run.note_upstream_closed()  # the `async with` has closed it, on a stop too
         if not saw_usage:
             # Closed early, or a provider without usage: count streamed deltas as tokens.
             run.stats.completion_tokens += deltas

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
+from collections.abc import Awaitable
 from importlib import resources
 from typing import Any
 
@@ -11,12 +13,14 @@ from litestar import Request, Response, get
 from litestar.datastructures import Cookie
 from litestar.params import FromQuery
 from litestar.response import Redirect
-from litestar.status_codes import HTTP_401_UNAUTHORIZED
+from litestar.status_codes import HTTP_200_OK, HTTP_401_UNAUTHORIZED, HTTP_503_SERVICE_UNAVAILABLE
 
 from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
 from app.services import Services
 
 COOKIE_MAX_AGE_S = 30 * 24 * 3600
+READY_CHECK_TIMEOUT_S = 2.0
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @functools.cache
@@ -74,6 +78,40 @@ async def healthz(services: ServicesDep) -> dict[str, Any]:
         "worker": services.cluster.worker_id if services.cluster else None,
         "pid": os.getpid(),
     }
+
+
+@get("/readyz", include_in_schema=True)
+async def readyz(services: ServicesDep) -> Response[dict[str, Any]]:
+    """Ready for traffic: the database answers (and the broker, with several workers), and the
+    process is not shutting down. 503 otherwise, naming what failed."""
+    checks = {"database": await _within(services.db.reachable())}
+    if services.cluster is not None:
+        checks["broker"] = await _within(services.cluster.broker_reachable())
+    checks["accepting"] = not services.manager.closing
+    ready = all(checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return Response(body, status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+async def _within(check: Awaitable[bool]) -> bool:
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            return await check
+    except TimeoutError:
+        return False
+
+
+@get("/metrics", include_in_schema=True, media_type=PROMETHEUS_TEXT)
+async def metrics(services: ServicesDep) -> str:
+    """This process's metrics in Prometheus' text format (see app/metrics.py)."""
+    manager = services.manager
+    gauges = [
+        ("runforge_active_runs", "Runs active in this process now.", manager.active_count),
+        ("runforge_run_tasks", "Run tasks alive in this process now.", manager.task_count),
+        ("runforge_retained_runs", "Finished runs kept in memory for rejoins.", manager.retained_count),
+    ]
+    worker = services.cluster.worker_id if services.cluster else "single"
+    return manager.metrics.render(gauges, {"worker": worker, "pid": str(os.getpid())})
 
 
 def _escape(text: str) -> str:

@@ -45,6 +45,8 @@ def event_stream(services: Services, run: Run, after_seq: int, on_disconnect: On
                 wire = b"".join(event.wire for event in batch)
                 if wire:  # a chat run's chunks without text have no SSE frame
                     yield wire
+                if batch[-1].kind == "interrupted":  # handed to the connection by now
+                    run.note_interrupted_sent()
 
     def on_lost() -> None:
         run.cancel(StopReason.CLIENT_DISCONNECT)

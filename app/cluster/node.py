@@ -173,6 +173,13 @@ class Cluster:
 
     # -- commands from handlers ------------------------------------------------------------
 
+    async def broker_reachable(self) -> bool:
+        """Whether Redis answers a PING now (for readiness probes)."""
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
     async def stop_remote(self, run_id: str, user_id: str, reason: StopReason, mode: StopMode) -> StopReply | None:
         """Stop a run some other worker holds, as its user: the owner's answer, or None if no
         worker answered in time (then nothing is known, and the row is the way: request_stop)."""

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Protocol
 
 from app.control.cancel import StopReason
-from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder
+from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder, RunStatus
 from app.errors import AppBusy, AppError, Conflict, ServiceUnavailable
+from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,17 @@ START_ATTEMPTS = 3
 
 
 class RunManager:
-    def __init__(self, store: RunStore, job: Job, *, retain_s: float = 600.0, peers: RunPeers | None = None) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        job: Job,
+        *,
+        retain_s: float = 600.0,
+        peers: RunPeers | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._store = store
+        self.metrics = metrics or Metrics()
         self._job = job
         self._retain_s = retain_s
         self._peers = peers
@@ -116,6 +126,10 @@ class RunManager:
     @property
     def task_count(self) -> int:
         return len(self._tasks)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     @property
     def retained_count(self) -> int:
@@ -247,6 +261,7 @@ class RunManager:
             on_disconnect=request.on_disconnect,
             kind=request.kind,
         )
+        run.metrics = self.metrics
         # Findable before the first await: a stop during the insert closes the gate, and
         # the task then records the interruption on its first line.
         self._active[run.id] = run
@@ -310,6 +325,7 @@ class RunManager:
         if self._closing:
             run.cancel(StopReason.SHUTDOWN)
         task = run.start(job, recorder)
+        self.metrics.runs_started.inc(run.kind.value)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._on_done(run, t))
         if self._peers is not None:
@@ -325,11 +341,27 @@ class RunManager:
     def _on_done(self, run: Run, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._forget(run)
+        self._count_finished(run)
         if self._rejected.get(run.id) is run:
             del self._rejected[run.id]
             return
         self._finished[run.id] = (time.monotonic(), run)
         self._prune()
+
+    def _count_finished(self, run: Run) -> None:
+        metrics, stats = self.metrics, run.stats
+        if run.status is RunStatus.FAILED:
+            code = run.error.code if run.error is not None else "internal"
+            reason = code
+            if code.startswith("upstream"):
+                metrics.upstream_errors.inc(code)
+        else:
+            reason = run.stop_reason.value if run.stop_reason is not None else (run.finish_reason or "")
+        metrics.runs_finished.inc(run.kind.value, run.status.value, reason)
+        if stats.executed:
+            metrics.tool_calls.inc("executed", amount=stats.executed)
+        if stats.skipped:
+            metrics.tool_calls.inc("skipped", amount=stats.skipped)
 
     def _prune(self) -> None:
         horizon = time.monotonic() - self._retain_s

@@ -39,6 +39,8 @@ from app.control.events import (
 )
 from app.control.outcomes import Completion, Published, RunFailed
 from app.errors import AppError
+from app.logs import bind
+from app.metrics import Metrics
 from app.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -227,6 +229,8 @@ class Run:
         self.tool_in_progress = False
         self._deferred_stop: StopReason | None = None
         self._task: asyncio.Task[None] | None = None
+        # Where the stop latencies of this run are counted (set by the run manager).
+        self.metrics: Metrics | None = None
         self._started = False
         self._finished = asyncio.Event()
         self.emit(RunStarted(app_id))
@@ -262,6 +266,16 @@ class Run:
 
     async def wait_finished(self) -> None:
         await self._finished.wait()
+
+    def note_upstream_closed(self) -> None:
+        """The run's upstream response has just been closed: after a stop, that is its latency."""
+        if self.metrics is not None and self.gate.closed:
+            self.metrics.observe_since(self.metrics.stop_to_upstream_closed, self.stop_requested_mono)
+
+    def note_interrupted_sent(self) -> None:
+        """A client's stream has just been handed the run's `interrupted` event."""
+        if self.metrics is not None:
+            self.metrics.observe_since(self.metrics.stop_to_interrupted, self.stop_requested_mono)
 
     # -- emitting (called by the agent) ----------------------------------------------------
 
@@ -329,6 +343,7 @@ class Run:
 
     async def _drive(self, job: Job, recorder: RunRecorder) -> None:
         self._started = True
+        bind(run_id=self.id, app_id=self.app_id, user_id=self.user_id)  # this task's log lines
         try:
             await self._run_job(job, recorder)
         finally:

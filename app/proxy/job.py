@@ -26,6 +26,7 @@ async def run_chat(run: Run, *, llm: LLMClient, exchange: ChatExchange) -> Compl
         exchange.upstream_error = exc  # the handler relays the provider's status and error body
         raise
     finally:
+        run.note_upstream_closed()
         # Also on a stop: the run records what was generated until then.
         exchange.record_usage(run.stats)
     return Completion(exchange.finish_reason)

@@ -21,9 +21,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Float, event, func
+from sqlalchemy import ColumnElement, Float, event, func, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 if TYPE_CHECKING:
@@ -136,6 +136,15 @@ class Database:
             # julianday('now') has millisecond resolution; 2440587.5 is the epoch's Julian day.
             return (func.julianday("now") - 2440587.5) * 86400.0
         return func.extract("epoch", func.clock_timestamp()).cast(Float)
+
+    async def reachable(self) -> bool:
+        """Whether the database answers a query now (for readiness probes)."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (OSError, SQLAlchemyError):
+            return False
+        return True
 
     async def dispose(self) -> None:
         await self.engine.dispose()
