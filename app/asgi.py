@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader, MutableScopeHeaders
 from litestar.di import Provide
 from litestar.enums import ScopeType
@@ -98,10 +99,25 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         before_send=[echo_request_id],
         request_max_body_size=MAX_BODY_BYTES,
+        cors_config=_cors(settings),
         openapi_config=OpenAPIConfig(title="Runforge", version="0.1.0", path="/schema"),
         # Logging is the process's (app/logs.py, set up by the CLI), not reconfigured per app.
         logging_config=None,
         debug=False,
+    )
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """None (no CORS headers at all: only the server's own page may call the API) unless
+    RUNFORGE_CORS_ORIGINS names the origins of pages that may."""
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-Id"],
+        expose_headers=["X-Run-Id", "X-Request-Id", "Retry-After"],
+        allow_credentials=False,  # tokens travel as bearer headers; the cookie stays same-site
     )
 
 

@@ -7,6 +7,7 @@ Every error body has the same shape: ``{"status": 409, "error": "run_active", "m
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from litestar import Request, Response
@@ -80,6 +81,24 @@ class PayloadTooLarge(AppError):
     code = "too_large"
 
 
+class TooManyRequests(AppError):
+    """A per-user limit (app/limits.py); ``retry_after_s`` becomes the Retry-After header."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+def error_headers(exc: AppError) -> dict[str, str]:
+    """The headers an error's response carries besides its body (Retry-After for a 429)."""
+    if isinstance(exc, TooManyRequests):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    return {}
+
+
 # Litestar's own HTTP exceptions, by status, get these codes.
 _HTTP_CODES = {
     400: "bad_request",
@@ -97,12 +116,12 @@ def error_body(status: int, code: str, message: str, **extra: Any) -> dict[str, 
     return {"status": status, "error": code, "message": message, **extra}
 
 
-def _json(status: int, body: dict[str, Any]) -> Response[dict[str, Any]]:
-    return Response(content=body, status_code=status, media_type="application/json")
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+    return Response(content=body, status_code=status, media_type="application/json", headers=headers)
 
 
 def app_error_handler(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, Any]]:
-    return _json(exc.status, error_body(exc.status, exc.code, exc.message))
+    return _json(exc.status, error_body(exc.status, exc.code, exc.message), error_headers(exc))
 
 
 def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:

@@ -15,6 +15,7 @@ from app.checkpoints import Checkpoints
 from app.cluster import Cluster
 from app.cluster.node import new_worker_id
 from app.control.manager import RunManager
+from app.limits import UserLimits
 from app.llm.client import LLMClient
 from app.llm.simulator import SimulatorConfig, SimulatorServer
 from app.metrics import Metrics
@@ -47,6 +48,8 @@ class Services:
     simulator: SimulatorServer | None
     # Several workers (RUNFORGE_BROKER_URL): this worker's part; None in a single process.
     cluster: Cluster | None
+    # Per-user rate limits on starting and stopping runs.
+    limits: UserLimits
     # Set by sse-starlette when the server is asked to exit (SIGTERM/SIGINT).
     shutdown_signal: anyio.Event
     _auth_cache: dict[str, User]
@@ -87,6 +90,7 @@ class Services:
             retain_s=settings.finished_run_ttl_s,
             peers=cluster,
             metrics=Metrics(),
+            max_active_per_user=settings.limits.max_active_runs_per_user,
         )
         if cluster is not None:
             await cluster.start(manager)
@@ -104,6 +108,7 @@ class Services:
             preview_links,
             simulator,
             cluster,
+            UserLimits(settings.limits),
             anyio.Event(),
             {},
             {},

@@ -53,6 +53,16 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSettings:
+    # Runs (code runs and /v1 requests) a user may have active at once in one process; 0: no limit.
+    max_active_runs_per_user: int = 32
+    # Run starts (gen/code, WebSocket REQUEST, /v1/chat/completions) per user per minute; 0: no limit.
+    gen_per_minute: int = 120
+    # Stop requests (chat/stop, runs/{id}/stop, /v1/interrupt, WebSocket INTERRUPT) per user per minute.
+    stops_per_minute: int = 600
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path("runs")
     database_url: str | None = None
@@ -82,6 +92,10 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     # "text" (the default) or "json": one JSON object a line (app/logs.py).
     log_format: str = "text"
+    # Per-user limits on runs (app/limits.py).
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # Origins whose pages may call the API from a browser (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def workspaces_dir(self) -> Path:
@@ -137,7 +151,31 @@ class Settings:
             tool_delay_s=_float(get("TOOL_DELAY_MS"), "TOOL_DELAY_MS", 0.0) / 1000,
             cluster=_cluster_settings(get),
             log_format=_choice(get("LOG_FORMAT"), "LOG_FORMAT", LOG_FORMATS, defaults.log_format),
+            limits=_limit_settings(get),
+            cors_origins=_origins(get("CORS_ORIGINS")),
         )
+
+
+def _limit_settings(get: Callable[[str], str | None]) -> LimitSettings:
+    defaults = LimitSettings()
+    return LimitSettings(
+        max_active_runs_per_user=_int(
+            get("MAX_RUNS_PER_USER"), "MAX_RUNS_PER_USER", defaults.max_active_runs_per_user, minimum=0
+        ),
+        gen_per_minute=_int(get("GEN_PER_MINUTE"), "GEN_PER_MINUTE", defaults.gen_per_minute, minimum=0),
+        stops_per_minute=_int(get("STOPS_PER_MINUTE"), "STOPS_PER_MINUTE", defaults.stops_per_minute, minimum=0),
+    )
+
+
+def _origins(value: str | None) -> tuple[str, ...]:
+    """A comma-separated list of origins (scheme://host[:port]); '*' allows any."""
+    if value is None:
+        return ()
+    origins = tuple(origin.strip().rstrip("/") for origin in value.split(",") if origin.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise SettingsError(f"{ENV_PREFIX}CORS_ORIGINS: {origin!r} is not an origin like https://ide.example")
+    return origins
 
 
 def _choice(value: str | None, name: str, choices: tuple[str, ...], default: str) -> str:

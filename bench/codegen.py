@@ -180,6 +180,10 @@ def server_env(cfg: Config, data_dir: Path) -> dict[str, str]:
         "RUNFORGE_PORT": "0",
         "RUNFORGE_BUILD": "0",  # an npm build would dominate `done` and says nothing about presets
         "RUNFORGE_SIM_PACE_MS": f"{cfg.pace_ms:g}",  # the embedded simulator (no RUNFORGE_LLM_BASE_URL)
+        # One user starts every run: the per-user limits (app/limits.py) are not measured here.
+        "RUNFORGE_MAX_RUNS_PER_USER": "0",
+        "RUNFORGE_GEN_PER_MINUTE": "0",
+        "RUNFORGE_STOPS_PER_MINUTE": "0",
     }
 
 

@@ -231,6 +231,10 @@ def start_runforge(sim: Leg, work: Path, children: list[Child]) -> Leg:
         "RUNFORGE_LLM_API_KEY": "x",
         "RUNFORGE_LLM_MODEL": "runforge-sim",
         "RUNFORGE_LLM_MAX_RETRIES": "0",
+        # One user starts every run at once: the per-user limits (app/limits.py) are not measured here.
+        "RUNFORGE_MAX_RUNS_PER_USER": "0",
+        "RUNFORGE_GEN_PER_MINUTE": "0",
+        "RUNFORGE_STOPS_PER_MINUTE": "0",
         "RUNFORGE_BUILD": "0",
     }
     runforge = str(Path(sys.executable).parent / "runforge")

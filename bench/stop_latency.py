@@ -241,6 +241,10 @@ def server_env(sim_url: str, work: Path) -> dict[str, str]:
         "RUNFORGE_LLM_API_KEY": "sim",
         "RUNFORGE_LLM_MODEL": "runforge-sim",
         "RUNFORGE_LLM_MAX_RETRIES": "0",
+        # One user starts every run at once: the per-user limits (app/limits.py) are not measured here.
+        "RUNFORGE_MAX_RUNS_PER_USER": "0",
+        "RUNFORGE_GEN_PER_MINUTE": "0",
+        "RUNFORGE_STOPS_PER_MINUTE": "0",
     }
 
 

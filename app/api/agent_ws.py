@@ -34,7 +34,7 @@ from app.control.cancel import StopMode, StopReason, uncancel_current_task
 from app.control.events import Done, Failed, Interrupted, LoggedEvent
 from app.control.manager import Multitask
 from app.control.run import RUN_ID_PATTERN, CancelOutcome, Run
-from app.errors import AppError, Forbidden
+from app.errors import AppError, Forbidden, TooManyRequests
 from app.services import Services
 from app.store.models import User
 
@@ -202,6 +202,10 @@ class AgentSession:
         request_id = message.get("requestId")
         if not isinstance(request_id, str) or not request_id:
             raise ProtocolError("invalid_message", "INTERRUPT needs the 'requestId' of the request to stop")
+        try:
+            self._services.limits.take_stop(self._user.id)
+        except TooManyRequests as exc:
+            raise ProtocolError(exc.code, exc.message, requestId=request_id) from None
         reason = message.get("reason")
         status, hint = await self._stop(request_id)
         if status == "SUCCESS":

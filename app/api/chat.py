@@ -87,6 +87,7 @@ async def start_run(
 
 async def start_code_run(services: Services, user: User, gen: GenRequest, run_id: str) -> Run:
     """Validate a generation request and start its run (shared by SSE and the WebSocket)."""
+    services.limits.take_start(user.id)
     message = gen.message.strip()
     if not message:
         raise BadRequest("message must not be empty", code="empty_message")
@@ -123,6 +124,7 @@ async def stop_run(
 
     A rollback stop answers after the restore, so the client knows its files are back.
     """
+    services.limits.take_stop(user.id)
     run = services.manager.get(run_id)
     if run is None:
         return await _stop_recorded(services, user, run_id, mode)

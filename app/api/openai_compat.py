@@ -24,7 +24,7 @@ from app.api.stopping import stop_elsewhere
 from app.control.cancel import StopMode, StopReason
 from app.control.manager import RunRequest
 from app.control.run import CancelOutcome, Run, RunKind
-from app.errors import AppError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized
+from app.errors import AppError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, error_headers
 from app.llm.client import UpstreamError
 from app.proxy import ChatExchange, ProxyRequest, parse_proxy_request, run_chat
 from app.proxy.errors import openai_error, upstream_failure
@@ -51,9 +51,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         run = await _start(services, user, exchange, run_id)
     except AppError as exc:
         # Without a run id, the app's hook echoes the client's X-Request-Id if it is a valid one.
-        await AsgiReply(send, run_id).json(
-            exc.status, msgspec.json.encode(openai_error(exc.status, exc.code, exc.message))
-        )
+        headers = [(name.lower().encode(), value.encode()) for name, value in error_headers(exc).items()]
+        body = msgspec.json.encode(openai_error(exc.status, exc.code, exc.message))
+        await AsgiReply(send, run_id).json(exc.status, body, headers)
         return
     await relay(run, exchange, receive, send)
 
@@ -69,6 +69,7 @@ async def _receive(services: Services, scope: Scope, receive: Receive) -> tuple[
 
 
 async def _start(services: Services, user: User, exchange: ChatExchange, run_id: str) -> Run:
+    services.limits.take_start(user.id)
     return await services.manager.start(
         RunRequest(
             run_id=run_id,
@@ -127,6 +128,7 @@ async def list_models(services: ServicesDep, user: CurrentUser) -> dict[str, Any
 @post("/interrupt", status_code=HTTP_200_OK)
 async def interrupt(data: JSONBody[InterruptRequest], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
     request_id = _interrupt_target(data)
+    services.limits.take_stop(user.id)
     run = services.manager.get(request_id)
     if run is None:
         return await _interrupt_recorded(services, user, request_id)
@@ -166,7 +168,7 @@ def _interrupt_answer(request_id: str, message: str, status: str) -> dict[str, A
 
 
 def _app_error(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, Any]]:
-    return Response(openai_error(exc.status, exc.code, exc.message), status_code=exc.status)
+    return Response(openai_error(exc.status, exc.code, exc.message), status_code=exc.status, headers=error_headers(exc))
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:

@@ -51,9 +51,9 @@ class AsgiReply:
     async def body(self, data: bytes, *, more: bool) -> None:
         await self._deliver({"type": "http.response.body", "body": data, "more_body": more})
 
-    async def json(self, status: int, body: bytes) -> None:
+    async def json(self, status: int, body: bytes, extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         headers = ((b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()))
-        await self.start(status, headers)
+        await self.start(status, [*headers, *extra_headers])
         await self.body(body, more=False)
 
     async def _deliver(self, message: dict[str, object]) -> None:

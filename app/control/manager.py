@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,7 +22,7 @@ from typing import Protocol
 
 from app.control.cancel import StopReason
 from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder, RunStatus
-from app.errors import AppBusy, AppError, Conflict, ServiceUnavailable
+from app.errors import AppBusy, AppError, Conflict, ServiceUnavailable, TooManyRequests
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,17 @@ class RunManager:
         retain_s: float = 600.0,
         peers: RunPeers | None = None,
         metrics: Metrics | None = None,
+        max_active_per_user: int = 0,
     ) -> None:
         self._store = store
+        self._max_active_per_user = max_active_per_user  # 0: no limit
         self.metrics = metrics or Metrics()
         self._job = job
         self._retain_s = retain_s
         self._peers = peers
         self._active: dict[str, Run] = {}  # run id -> run, until its task is done
         self._active_by_app: dict[str, Run] = {}
+        self._active_by_user: Counter[str] = Counter()
         self._finished: OrderedDict[str, tuple[float, Run]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         # One lock per app serialises starts on that app; unused locks disappear by themselves.
@@ -140,6 +143,7 @@ class RunManager:
     async def start(self, request: RunRequest) -> Run:
         if self._closing:
             raise Conflict("the server is shutting down", code="shutting_down")
+        self._check_user_capacity(request)
         self._reserve(request.run_id)
         try:
             if request.app_id is None:
@@ -233,6 +237,21 @@ class RunManager:
         # Starts and deletes on one app are serialised; unused locks disappear by themselves.
         return self._app_locks.setdefault(app_id, asyncio.Lock())
 
+    def _check_user_capacity(self, request: RunRequest) -> None:
+        """At most max_active_per_user runs of one user at once; a run that replaces its app's
+        active run takes that run's place."""
+        limit = self._max_active_per_user
+        if limit <= 0:
+            return
+        active = self._active_by_user[request.user_id]
+        replaced = request.app_id is not None and request.app_id in self._active_by_app
+        if active - replaced >= limit:
+            raise TooManyRequests(
+                f"at most {limit} runs at once per user: stop one, or wait for one to end",
+                code="too_many_runs",
+                retry_after_s=1.0,
+            )
+
     def _reserve(self, run_id: str) -> None:
         # A rejected run still ending keeps its id too: its task must end before the id is free.
         if run_id in self._reserved or run_id in self._active or run_id in self._finished or run_id in self._rejected:
@@ -265,6 +284,7 @@ class RunManager:
         # Findable before the first await: a stop during the insert closes the gate, and
         # the task then records the interruption on its first line.
         self._active[run.id] = run
+        self._active_by_user[run.user_id] += 1
         if run.app_id is not None:
             self._active_by_app[run.app_id] = run
         job = request.job or self._job
@@ -335,6 +355,9 @@ class RunManager:
         # By identity: an id can belong to another run by now (a rejected run's, reused).
         if self._active.get(run.id) is run:
             del self._active[run.id]
+            self._active_by_user[run.user_id] -= 1
+            if not self._active_by_user[run.user_id]:
+                del self._active_by_user[run.user_id]
         if run.app_id is not None and self._active_by_app.get(run.app_id) is run:
             del self._active_by_app[run.app_id]
 
