@@ -109,6 +109,8 @@ async def metrics(services: ServicesDep) -> str:
         ("runforge_active_runs", "Runs active in this process now.", manager.active_count),
         ("runforge_run_tasks", "Run tasks alive in this process now.", manager.task_count),
         ("runforge_retained_runs", "Finished runs kept in memory for rejoins.", manager.retained_count),
+        # Every task of the event loop (connections, streams, runs): back to its idle count after load.
+        ("runforge_event_loop_tasks", "Tasks alive on this process's event loop now.", len(asyncio.all_tasks())),
     ]
     worker = services.cluster.worker_id if services.cluster else "single"
     return manager.metrics.render(gauges, {"worker": worker, "pid": str(os.getpid())})

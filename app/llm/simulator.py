@@ -867,7 +867,9 @@ class SimulatorApp:
                 records = [dataclasses.asdict(r) for r in self.recorder.records(run_id)]
                 await _send_json(send, 200, _json(records))
             case "GET", "/_sim/health":
-                await _send_json(send, 200, _json({"status": "ok"}))
+                # `open`: requests whose response is neither finished nor closed by the client (a
+                # soak ends with 0: every upstream connection a run opened was closed).
+                await _send_json(send, 200, _json({"status": "ok", "open": self.recorder.open_requests()}))
             case _, path:
                 await _send_json(send, 404, _error_body(f"no route for {path}", "not_found_error", "not_found"))
 
