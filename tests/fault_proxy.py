@@ -9,24 +9,38 @@ from collections.abc import AsyncIterator
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target port. ``down()`` aborts every connection and
-    refuses new ones (the service looks unreachable); ``up()`` lets connections through again."""
+    refuses new ones (the service looks unreachable); ``up()`` lets connections through again.
+    ``refuse()`` closes the listening socket itself, so connecting fails with ECONNREFUSED (the
+    service is not running); ``listen_again()`` reopens it on the same port."""
 
     def __init__(self, target_port: int) -> None:
         self._target_port = target_port
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._port = 0
         self.is_down = False
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        assert self._port, "the proxy is not started"
+        return self._port
 
     async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self._port, reuse_address=True)
+        self._port = self._server.sockets[0].getsockname()[1]
         return self
+
+    async def refuse(self) -> None:
+        self.down()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def listen_again(self) -> None:
+        await self.start()
+        self.up()
 
     async def close(self) -> None:
         self.down()

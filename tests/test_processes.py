@@ -17,7 +17,9 @@ import pytest
 
 from app.logs import RedactSecrets
 from tests.cli_kit import EXIT_TIMEOUT_S, Spawn, cli_children, start_serve
+from tests.process_kit import assert_all_dead, proc_state
 from tests.support import ServerThread, collect, gen_url, open_stream, wait_for_status
+from tests.test_stop_modes import HANGING_BUILD, hanging_group, is_ready, prepare_project, temp_build_dirs
 
 LONG = "[sim:long_text pace=20 tokens=100000]"
 
@@ -129,6 +131,55 @@ async def test_sigterm_interrupts_running_streams_and_exits(spawn: Spawn, tmp_pa
     assert row["ended_at"] is not None
     with sqlite3.connect(data_dir / "runforge.db") as db:
         assert db.execute("SELECT count(*) FROM chat_messages").fetchone() == (0,)
+    await assert_restart_keeps_the_outcome(spawn, data_dir, app_id, "r-term")
+
+
+async def assert_restart_keeps_the_outcome(spawn: Spawn, data_dir: Path, app_id: str, run_id: str) -> None:
+    """A server started again on the data directory keeps the run as it was recorded (not
+    `server_restart`: it ended cleanly), and runs the next request on the same app."""
+    again = await start_serve(spawn, data_dir)
+    async with again.client() as http:
+        run = (await http.get(f"/runs/{run_id}")).json()
+        assert (run["status"], run["stopReason"], run["live"]) == ("interrupted", "shutdown", False)
+        async with open_stream(http, "GET", gen_url(app_id, "a page [sim:exit_tool]", runId=f"{run_id}-next")) as (
+            _,
+            events,
+        ):
+            assert (await collect(events))[-1].event == "done"
+        assert [m["runId"] for m in (await http.get(f"/apps/{app_id}/messages")).json()] == [f"{run_id}-next"] * 2
+    again.child.proc.send_signal(signal.SIGTERM)
+    assert await again.child.finish() in (0, -signal.SIGTERM), again.child.stderr()
+
+
+async def test_sigterm_during_a_build_kills_it_and_exits(spawn: Spawn, tmp_path: Path) -> None:
+    """The build's whole process group is killed, its temp dir removed, no dist/ published; the
+    run ends `interrupted` (shutdown) and the process exits cleanly."""
+    data_dir = tmp_path / "data"
+    serve = await start_serve(spawn, data_dir, env={"RUNFORGE_BUILD": "1"})
+    async with serve.client() as http:
+        app_id = (await http.post("/apps", json={"name": "build", "codeGenType": "vue_project"})).json()["id"]
+        workspace = data_dir / "workspaces" / app_id
+        prepare_project(workspace, HANGING_BUILD)
+        (workspace / "hang.flag").write_text("hang")
+        url = gen_url(app_id, "a page [sim:exit_tool]", runId="r-term-build")
+        async with open_stream(http, "GET", url) as (_, events):
+            await collect(events, until=is_ready)  # npm run build is running, and hangs
+            group = hanging_group(workspace)
+            serve.child.proc.send_signal(signal.SIGTERM)
+            after = await collect(events)
+    assert [e.event for e in after if e.event != "build"] == ["interrupted"]
+    assert after[-1].data == {"reason": "shutdown", "mode": "immediate", "runId": "r-term-build"}
+    async with asyncio.timeout(EXIT_TIMEOUT_S):
+        returncode = await serve.child.proc.wait()
+    assert returncode in (0, -signal.SIGTERM), serve.child.stderr()
+    assert proc_state(group.sid) is None  # npm was killed and reaped before the server exited
+    await assert_all_dead(set(group.members))
+    assert not (workspace / "dist").exists()
+    assert temp_build_dirs(workspace) == []
+    row = run_row(data_dir, "r-term-build")
+    assert (row["status"], row["stop_reason"]) == ("interrupted", "shutdown")
+    (workspace / "hang.flag").unlink()  # the next build completes
+    await assert_restart_keeps_the_outcome(spawn, data_dir, app_id, "r-term-build")
 
 
 async def test_runs_left_by_a_crash_are_failed_on_restart(spawn: Spawn, tmp_path: Path) -> None:
@@ -162,6 +213,14 @@ async def test_runs_left_by_a_crash_are_failed_on_restart(spawn: Spawn, tmp_path
         # A stop now reports the final state instead of pretending to stop something.
         stop = await http.post("/runs/r-crash/stop")
         assert (stop.status_code, stop.json()["status"]) == (200, "failed")
+        # The app is not held by the dead run: a new run on it completes.
+        async with open_stream(http, "GET", gen_url(app_id, "a page [sim:exit_tool]", runId="r-after-crash")) as (
+            _,
+            events,
+        ):
+            assert (await collect(events))[-1].event == "done"
+        health = (await http.get("/healthz")).json()
+        assert (health["activeRuns"], health["runTasks"]) == (0, 0)
 
 
 # -- runforge run --------------------------------------------------------------------------------

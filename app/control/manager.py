@@ -73,6 +73,13 @@ class RunPeers(Protocol):
         ``busy``: the active run the insert found, if that is how we know."""
 
 
+# An outcome the database refused (down, or locked past its busy timeout) is written again in
+# the background, every 0.05 s growing to every 2 s, for this long; then the next start's
+# sweep (server_restart) or the cluster's (outcome_lost) is what ends the row.
+OUTCOME_RETRY_FOR_S = 600.0
+OUTCOME_RETRY_FIRST_S = 0.05
+OUTCOME_RETRY_CAP_S = 2.0
+
 # With several workers, a start can lose the race for an app to a start on another worker
 # (the insert's check raises AppBusy): it makes room again, this many times in all.
 START_ATTEMPTS = 3
@@ -107,6 +114,8 @@ class RunManager:
         # Runs rejected because their row could not be written, until their task has ended:
         # never retained for lookups, and their id not reusable before then.
         self._rejected: dict[str, Run] = {}
+        # Outcome writes being tried again (see _RetryOutcome); not run tasks: the runs have ended.
+        self._outcome_writes: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # -- queries ---------------------------------------------------------------------------
@@ -137,6 +146,11 @@ class RunManager:
     @property
     def retained_count(self) -> int:
         return len(self._finished)
+
+    @property
+    def pending_outcome_writes(self) -> int:
+        """Ended runs whose final row the database has refused so far (being retried)."""
+        return len(self._outcome_writes)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -230,6 +244,12 @@ class RunManager:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=1.0)
+        if self._outcome_writes:
+            # The database is closed next: these rows stay active, and the next start marks them
+            # failed (server_restart).
+            log.warning("%d run outcome(s) could not be recorded before shutdown", len(self._outcome_writes))
+            for task in set(self._outcome_writes):
+                task.cancel()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -344,12 +364,31 @@ class RunManager:
     def _launch(self, run: Run, job: Job, recorder: RunRecorder) -> None:
         if self._closing:
             run.cancel(StopReason.SHUTDOWN)
-        task = run.start(job, recorder)
+        task = run.start(job, _RetryOutcome(recorder, self._write_later))
         self.metrics.runs_started.inc(run.kind.value)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._on_done(run, t))
         if self._peers is not None:
             self._peers.launched(run)
+
+    def _write_later(self, run: Run, write: Callable[[Run], Awaitable[None]]) -> None:
+        task = asyncio.create_task(self._retry_write(run, write), name=f"record:{run.id}")
+        self._outcome_writes.add(task)
+        task.add_done_callback(self._outcome_writes.discard)
+
+    async def _retry_write(self, run: Run, write: Callable[[Run], Awaitable[None]]) -> None:
+        delay = OUTCOME_RETRY_FIRST_S
+        deadline = time.monotonic() + OUTCOME_RETRY_FOR_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTCOME_RETRY_CAP_S)
+            try:
+                await write(run)
+            except Exception:
+                continue  # logged when it first failed; the database is still refusing
+            log.info("run outcome recorded after the database came back", extra={"run_id": run.id})
+            return
+        log.error("gave up recording the run's outcome", extra={"run_id": run.id})
 
     def _forget(self, run: Run) -> None:
         # By identity: an id can belong to another run by now (a rejected run's, reused).
@@ -401,6 +440,36 @@ async def _first_output(run: Run) -> None:
         async for batch in batches:
             if any(event.wire or event.relay for event in batch):
                 return
+
+
+class _RetryOutcome:
+    """A run's recorder whose refused outcome writes are tried again in the background.
+
+    The run ends when it ends (its stream said so, a new run on its app is waiting for it), so
+    it cannot wait for the database; but its row must not stay ``running`` because the database
+    was down or locked at that instant. A completion is not retried: its failure to save is the
+    run's failure (``persist_failed``), and that outcome is the one retried.
+    """
+
+    def __init__(self, recorder: RunRecorder, later: Callable[[Run, Callable[[Run], Awaitable[None]]], None]) -> None:
+        self._recorder = recorder
+        self._later = later
+
+    async def record_completed(self, run: Run) -> None:
+        await self._recorder.record_completed(run)
+
+    async def record_interrupted(self, run: Run) -> None:
+        await self._write_or_retry(run, self._recorder.record_interrupted)
+
+    async def record_failed(self, run: Run) -> None:
+        await self._write_or_retry(run, self._recorder.record_failed)
+
+    async def _write_or_retry(self, run: Run, write: Callable[[Run], Awaitable[None]]) -> None:
+        try:
+            await write(run)
+        except Exception:
+            log.exception("could not record run outcome; retrying in the background", extra={"run_id": run.id})
+            self._later(run, write)
 
 
 class _RecordAfterInsert:

@@ -183,6 +183,7 @@ class Recorder:
 class ToolCall:
     name: str
     arguments: str  # raw JSON text, on purpose not a dict: some scenarios send invalid JSON
+    fragment_chars: int = _ARG_FRAGMENT_CHARS  # streamed in pieces this long
 
 
 @dataclass(frozen=True)
@@ -487,6 +488,28 @@ def _bad_tool_args(turn: Turn) -> Reply:
     return Reply("fixed.txt is written with valid arguments.")
 
 
+def _unknown_tool(turn: Turn) -> Reply:
+    if turn.step == 0:
+        return Reply("Let me clean up first.", (ToolCall("run_shell", json.dumps({"command": "rm -rf ."})),))
+    return Reply("There is no shell tool, so I leave the files as they are.")
+
+
+# Over Runforge's limit on one call's arguments (2 MiB, app/tools/specs.py), sent in big pieces:
+# a fault, not a realistic token stream, and 12-character pieces would take seconds.
+_HUGE_ARGUMENT_CHARS = 3 * 1024 * 1024
+_HUGE_FRAGMENT_CHARS = 64 * 1024
+
+
+def _huge_tool_args(turn: Turn) -> Reply:
+    if turn.step == 0:
+        content = "x" * _HUGE_ARGUMENT_CHARS
+        call = ToolCall("write_file", json.dumps({"path": "big.txt", "content": content}), _HUGE_FRAGMENT_CHARS)
+        return Reply("Writing everything into one file.", (call,))
+    if turn.step == 1:
+        return Reply("That was too large; a small file instead.", (_write("small.txt", "Small content.\n"),))
+    return Reply("small.txt is written.")
+
+
 _ESCAPE_CALLS = (
     _write("../escape.txt", "outside the workspace\n"),
     _write("/tmp/runforge-escape.txt", "absolute path\n"),
@@ -527,6 +550,8 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
             Scenario("malformed", _malformed),
             Scenario("huge", _huge, default_pace_ms=0.0),
             Scenario("bad_tool_args", _bad_tool_args),
+            Scenario("unknown_tool", _unknown_tool),
+            Scenario("huge_tool_args", _huge_tool_args, default_pace_ms=0.0),
             Scenario("escape", _escape),
             Scenario("loop", _loop),
             Scenario("exit_tool", _exit_tool),
@@ -714,8 +739,8 @@ def deltas(reply: Reply, step: int) -> Iterator[dict[str, Any]]:
         if index == 0 and not reply.text:  # as OpenAI does: no text, so the role comes with the call
             first = {"role": "assistant", "content": None} | first
         yield first
-        for start in range(0, len(call.arguments), _ARG_FRAGMENT_CHARS):
-            piece = call.arguments[start : start + _ARG_FRAGMENT_CHARS]
+        for start in range(0, len(call.arguments), call.fragment_chars):
+            piece = call.arguments[start : start + call.fragment_chars]
             yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
 
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Update, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app.errors import AppBusy, Conflict, NotFound
+from app.errors import AppBusy, Conflict, NotFound, ServiceUnavailable
 from app.store.db import Database
 from app.store.models import App, ChatMessage, Run, User, Worker, utcnow
 
@@ -137,6 +137,12 @@ class Runs:
             if await self.run_exists(run.id):
                 raise Conflict(f"run id {run.id!r} is already used", code="run_id_taken") from None
             raise NotFound(f"no app {run.app_id!r}", code="app_not_found") from None
+        except OperationalError as exc:
+            # Locked past the busy timeout, or unreachable: the run cannot start, and the client
+            # should hear that it may try again, not "internal server error".
+            raise ServiceUnavailable(
+                "the database is busy or unavailable; try again", code="database_unavailable"
+            ) from exc
 
     async def _insert_run(self, run: LiveRun) -> None:
         values = {
