@@ -127,11 +127,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class RedactSecrets(logging.Filter):
-    """Keep login tokens and prompts out of the access log (`/?token=…`, `gen/code?message=…`)."""
+    """Keep login tokens, prompts and preview-link keys out of the access log (`/?token=…`,
+    `gen/code?message=…`, `/preview/<appId>/<key>/…`: the key is a capability)."""
 
     _pattern = re.compile(r"([?&](?:token|message)=)[^&\s]*")
+    _preview_key = re.compile(r"^(/preview/[^/?\s]+/)[^/?\s]+")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(self._pattern.sub(r"\1[redacted]", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(self._redact(a) if isinstance(a, str) else a for a in record.args)
         return True
+
+    def _redact(self, text: str) -> str:
+        return self._preview_key.sub(r"\1[redacted]", self._pattern.sub(r"\1[redacted]", text))

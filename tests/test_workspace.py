@@ -24,7 +24,7 @@ from app.workspace.fs import (
     write_text_atomic,
 )
 from app.workspace.paths import PathRefused, relative_display, resolve_in_workspace
-from tests.workspace_kit import HOSTILE, ClosingGate, make_workspace
+from tests.workspace_kit import HARDLINK_HOSTILE, HOSTILE, ClosingGate, make_workspace
 
 
 def snapshot_outside(base: Path) -> dict[str, bytes | None]:
@@ -69,6 +69,13 @@ def test_hostile_paths_are_refused(ws: Path, user_path: str) -> None:
         ("100%", "100%"),
         ("x" * 255, "x" * 255),
         ("srclink/App.vue", "srclink/App.vue"),
+        # Unicode that only looks odd: kept as written (NFKC would not make it a separator or a dot).
+        ("ｈｅｌｌｏ.txt", "ｈｅｌｌｏ.txt"),
+        ("页面。html", "页面。html"),
+        ("wait…", "wait…"),
+        ("e\u0301.txt", "e\u0301.txt"),
+        ("\U0001f600" * 63, "\U0001f600" * 63),
+        ("a%2500b", "a%2500b"),
     ],
 )
 def test_allowed_paths_resolve_inside(ws: Path, user_path: str, expected: str) -> None:
@@ -405,6 +412,51 @@ def test_fs_functions_refuse_hostile_paths(tmp_path: Path, user_path: str) -> No
     assert os.listdir(tmp_path / "sibling") == []
 
 
+def test_corpus_covers_every_category() -> None:
+    from tests.workspace_kit import CATEGORIES
+
+    assert len(HOSTILE) >= 50
+    assert len(set(HOSTILE)) == len(HOSTILE)
+    assert all(CATEGORIES.values())
+    assert sum(len(cases) for cases in CATEGORIES.values()) == len(HOSTILE)
+
+
+@pytest.mark.parametrize("user_path", HARDLINK_HOSTILE)
+def test_hard_links_to_outside_are_refused_and_the_outside_file_is_untouched(tmp_path: Path, user_path: str) -> None:
+    ws = make_workspace(tmp_path)
+    secret = tmp_path / "outside" / "secret.txt"
+    links = os.stat(secret).st_nlink
+    gate = StopGate()
+    for call in (
+        lambda: read_text(ws, user_path),
+        lambda: write_text_atomic(ws, user_path, "pwned", gate),
+        lambda: modify_text_atomic(ws, user_path, "secret", "pwned", gate),
+        lambda: delete_file(ws, user_path, gate),
+    ):
+        with pytest.raises(PathRefused, match="hard-linked") as info:
+            call()
+        assert "top secret" not in str(info.value)
+    assert secret.read_text() == "top secret"
+    assert os.stat(secret).st_nlink == links
+
+
+def test_a_hard_link_between_two_workspace_files_is_refused_too(ws: Path, gate: StopGate) -> None:
+    """The inode cannot say where its other name is: both names are refused, nothing is lost."""
+    (ws / "a.txt").write_text("shared")
+    os.link(ws / "a.txt", ws / "b.txt")
+    for name in ("a.txt", "b.txt"):
+        with pytest.raises(PathRefused, match="hard-linked"):
+            read_text(ws, name)
+    assert (ws / "a.txt").read_text() == "shared"
+
+
+def test_runforge_own_writes_never_leave_a_hard_link(ws: Path, gate: StopGate) -> None:
+    write_text_atomic(ws, "new/file.txt", "one two", gate)
+    modify_text_atomic(ws, "new/file.txt", "two", "three", gate)
+    assert os.stat(ws / "new/file.txt").st_nlink == 1
+    assert read_text(ws, "new/file.txt") == "one three"
+
+
 # --- tree --------------------------------------------------------------------------------------
 
 
@@ -417,6 +469,7 @@ def test_tree_skips_build_dirs_temp_files_and_symlink_targets(ws: Path) -> None:
     paths = [entry.path for entry in tree(ws)]
     assert paths == [
         "dangling",
+        "hardlink_out",
         "index.html",
         "out_dir",
         "out_file",
@@ -429,6 +482,7 @@ def test_tree_skips_build_dirs_temp_files_and_symlink_targets(ws: Path) -> None:
         "srclink",
         "sub",
         "sub/esc",
+        "sub/hardlink_out",
         "up",
         "vite.config.js",
         "vite.config.ts",
@@ -439,7 +493,7 @@ def test_tree_skips_build_dirs_temp_files_and_symlink_targets(ws: Path) -> None:
 
 
 def test_tree_max_entries(ws: Path) -> None:
-    assert [entry.path for entry in tree(ws, max_entries=3)] == ["dangling", "index.html", "out_dir"]
+    assert [entry.path for entry in tree(ws, max_entries=3)] == ["dangling", "hardlink_out", "index.html"]
 
 
 def test_names_that_are_not_utf8_are_listed_printably(ws: Path) -> None:

@@ -25,6 +25,7 @@ import pytest
 from app.build import BuildSettings
 from app.settings import LLMSettings, Settings
 from tests.support import HANG_TIMEOUT_S, Event, ServerThread, collect, gen_url, open_stream
+from tests.workspace_kit import HARDLINK_HOSTILE, HOSTILE, SYMLINK_HOSTILE, UNICODE_HOSTILE, make_workspace
 
 SECRET = "RUNFORGE-SECRET-5b1e9c"  # in every file a preview must never serve
 # A connection per request: on a reused (keep-alive) connection every response waits ~40 ms for a
@@ -579,3 +580,117 @@ async def test_deleting_the_app_removes_its_checkpoints(server: ServerThread, cl
     assert not (server.settings.workspaces_dir / app_id).exists()
     assert_error_body(await client.get(f"/apps/{app_id}/checkpoints"), 404, "app_not_found")
     assert_error_body(await client.post(f"/apps/{app_id}/revert", json={"runId": "r-gone"}), 404, "app_not_found")
+
+
+# -- the path-escape corpus over HTTP ------------------------------------------------------------
+#
+# tests/workspace_kit.py's corpus (the one every file tool runs against) against the files API, the
+# preview, the preview link and the download, on a workspace planted with links to a canary
+# outside it. Each path goes out twice: percent-encoded so that the handler sees exactly the
+# corpus string ("quoted"), and, where it can be typed into a request line, as written ("raw":
+# the server's own URL decoding then applies, so "%2e%2e%2fx" arrives as "../x").
+
+CANARY = "top secret"  # tests/workspace_kit.py's secret outside the workspace
+
+
+@dataclass
+class CorpusSite:
+    server: ServerThread
+    token: str
+    app_id: str
+    key: str
+    base: Path  # the workspaces directory: outside/ and sibling/ are beside the app's workspace
+
+
+@pytest.fixture(scope="module")
+def corpus_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorpusSite]:
+    base = tmp_path_factory.mktemp("corpus")
+    settings = Settings(
+        data_dir=base / "data",
+        llm=LLMSettings(max_retries=0, timeout_s=30.0),
+        simulator_pace_ms=2.0,
+        sse_ping_s=5.0,
+        gc_freeze=False,
+        build=BuildSettings(enabled=False),
+    )
+    server = ServerThread(settings).start()
+    try:
+        token = server.add_user("alice")
+        with httpx.Client(base_url=server.url, headers=bearer(token), timeout=HANG_TIMEOUT_S) as http:
+            created = http.post("/apps", json={"name": "corpus", "codeGenType": "multi_file"}).json()
+        app_id, link = created["id"], created["previewLink"]
+        settings.workspaces_dir.mkdir(parents=True, exist_ok=True)
+        make_workspace(settings.workspaces_dir, app_id)
+        key = link.strip("/").split("/")[2]
+        yield CorpusSite(server, token, app_id, key, settings.workspaces_dir)
+    finally:
+        server.stop()
+
+
+def _quoted(user_path: str) -> str:
+    return quote(user_path.encode("utf-8", "surrogateescape"), safe="/")
+
+
+def _typeable(user_path: str) -> bool:
+    return user_path != "" and all(33 <= ord(c) < 127 and c not in "?#" for c in user_path)
+
+
+# No file at all: the workspace listing (files API) or the site's index (preview). The router
+# collapses the "//" of ".../files//" (see tests/test_api.py), so "/" is the root too.
+NOT_A_PATH = {"", "/"}
+SURFACES = {
+    "files": ("/apps/{app}/files/", ("invalid_path", "file_not_found")),
+    "preview": ("/apps/{app}/preview/", ("invalid_path", "preview_not_found")),
+    "preview-link": ("/preview/{app}/{key}/", ("invalid_path", "preview_not_found")),
+}
+
+
+def _canary_intact(s: CorpusSite) -> None:
+    assert (s.base / "outside" / "secret.txt").read_text() == CANARY
+    assert os.listdir(s.base / "sibling") == []
+    assert not (s.base / "outside" / "created.txt").exists()
+
+
+CORPUS_OVER_HTTP = [(path, "quoted") for path in HOSTILE] + [(path, "raw") for path in HOSTILE if _typeable(path)]
+
+
+@pytest.mark.parametrize("surface", list(SURFACES))
+@pytest.mark.parametrize(("user_path", "encoding"), CORPUS_OVER_HTTP)
+async def test_escape_corpus_over_http(corpus_site: CorpusSite, surface: str, encoding: str, user_path: str) -> None:
+    s = corpus_site
+    prefix, codes = SURFACES[surface]
+    target = prefix.format(app=s.app_id, key=s.key) + (_quoted(user_path) if encoding == "quoted" else user_path)
+    response = await raw_get(s.server.port, target, s.token)
+    assert CANARY.encode() not in response.body, (target, response)
+    if user_path in NOT_A_PATH:
+        assert response.status_code in (200, 301, 302, 307, 308), response
+    else:
+        assert 400 <= response.status_code < 500, (target, response)
+        assert response.headers["content-type"].startswith("application/json"), response
+        body = response.json()
+        assert body["status"] == response.status_code, body
+        assert body["error"] in codes, body
+        # Refused as a path, not merely missing (the preview answers 404 for a hidden name first).
+        hidden = surface != "files" and any(part.startswith(".") for part in user_path.split("/") if part)
+        if encoding == "quoted" and user_path in SYMLINK_HOSTILE + HARDLINK_HOSTILE + UNICODE_HOSTILE and not hidden:
+            assert body["error"] == "invalid_path", body
+    _canary_intact(s)
+    assert (await raw_get(s.server.port, "/healthz", s.token)).status_code == 200
+
+
+async def test_escape_corpus_workspace_listing_and_download(corpus_site: CorpusSite) -> None:
+    s = corpus_site
+    async with httpx.AsyncClient(base_url=s.server.url, headers=bearer(s.token), limits=FRESH) as http:
+        listing = await http.get(f"/apps/{s.app_id}/files")
+        assert listing.status_code == 200
+        assert CANARY not in listing.text
+        kinds = {entry["path"]: entry["kind"] for entry in listing.json()}
+        assert {kinds[name] for name in ("out_dir", "out_file", "up", "sub/esc", "dangling")} == {"symlink"}
+        assert not any(path.startswith(("out_dir/", "up/", "sub/esc/")) for path in kinds)  # never followed
+        files = unzip(await http.get(f"/apps/{s.app_id}/download"))
+    assert all(CANARY.encode() not in content for content in files.values())
+    # Neither links out nor hard links are in the archive; the project's own files are.
+    assert not set(files) & {"out_file", "dangling", "hardlink_out", "sub/hardlink_out", "up", "srclink"}
+    assert not any(name.startswith(("out_dir/", "up/", "sub/esc/", "srclink/")) for name in files)
+    assert {"index.html", "package.json", "src/App.vue"} <= set(files)
+    _canary_intact(s)

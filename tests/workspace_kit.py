@@ -55,6 +55,55 @@ LEXICAL_HOSTILE = [
     "%2e%2e%2fsibling",
     "%2e%2e/sibling/x",
     "..%2fsibling",
+    # More ".." forms, and what lenient decoders turn into them.
+    "a/./../../x",
+    "a//..//../x",
+    "./../sibling/x",
+    "../ws/../outside/secret.txt",
+    "%2e./x",
+    ".%2e/x",
+    "%2e%2e",
+    "%5c..%5cx",
+    "%252e%252e%255cx",
+    "%c0%ae%c0%ae/x",  # overlong UTF-8 "."
+    "%c0%afetc",  # overlong UTF-8 "/"
+    "%e0%80%ae%e0%80%ae/x",
+    "%u002e%u002e/x",  # IIS-style
+    "%ef%bc%8e%ef%bc%8e%ef%bc%8fx",  # URL-encoded fullwidth "../"
+    # Absolute and drive forms.
+    "/etc/../etc/passwd",
+    "///etc/passwd",
+    "D:/x",
+    "z:",
+    "\\x",
+    # Over-long: a 256-byte name of 4-byte characters, a path over 1024 characters.
+    "\U0001f600" * 64,
+    "src/" + "y" * 256,
+    "d/" * 512 + "x",
+]
+# Unicode look-alikes of ".", "/" and "\\" (literal names on POSIX, traversal for anything that
+# applies NFKC, or misleading to read).
+UNICODE_HOSTILE = [
+    "\uff0e\uff0e/x",  # FULLWIDTH FULL STOP x2
+    "\uff0e\uff0e\uff0fx",  # ... and FULLWIDTH SOLIDUS
+    "a/\uff0e\uff0e/../x",
+    "\uff0e\uff0e/sibling/new.txt",
+    "\u2024\u2024/x",  # ONE DOT LEADER x2
+    "\u2025/x",  # TWO DOT LEADER
+    "\ufe30/x",  # VERTICAL TWO DOT LEADER
+    "\ufe52\ufe52/x",  # SMALL FULL STOP x2
+    "\uff0e",
+    "..\u2215x",  # DIVISION SLASH
+    "\u2215etc\u2215passwd",
+    "..\u2044x",  # FRACTION SLASH
+    "..\u29f8x",  # BIG SOLIDUS
+    "..\uff3cx",  # FULLWIDTH REVERSE SOLIDUS
+    "..\ufe68x",  # SMALL REVERSE SOLIDUS
+    "..\u2216x",  # SET MINUS
+    "a\u2100b",  # ACCOUNT OF: NFKC "a/c"
+    "\uff23\uff1a/x",  # FULLWIDTH "C:"
+    "a\u2066b",  # a bidi isolate
+    "a\u2028b",  # LINE SEPARATOR
 ]
 # Paths that are lexically fine but reach outside through symlinks planted by `make_workspace`.
 SYMLINK_HOSTILE = [
@@ -70,12 +119,26 @@ SYMLINK_HOSTILE = [
     "up/sibling/new.txt",
     "sub/esc/new/deep.txt",
 ]
-HOSTILE = LEXICAL_HOSTILE + SYMLINK_HOSTILE
+# Regular files that share their inode with a file outside (hard links planted by `make_workspace`).
+HARDLINK_HOSTILE = [
+    "hardlink_out",
+    "sub/hardlink_out",
+    "up/ws/hardlink_out",  # through a symlink that goes out and comes back in
+    "./sub//hardlink_out",
+]
+HOSTILE = LEXICAL_HOSTILE + UNICODE_HOSTILE + SYMLINK_HOSTILE + HARDLINK_HOSTILE
+CATEGORIES = {
+    "lexical": LEXICAL_HOSTILE,
+    "unicode": UNICODE_HOSTILE,
+    "symlink": SYMLINK_HOSTILE,
+    "hardlink": HARDLINK_HOSTILE,
+}
 
 
-def make_workspace(base: Path) -> Path:
-    """ws/ with a small Vue project and symlinks pointing out to base/outside and base/sibling."""
-    ws, outside = base / "ws", base / "outside"
+def make_workspace(base: Path, name: str = "ws") -> Path:
+    """base/<name> with a small Vue project, and symlinks and hard links pointing out to
+    base/outside and base/sibling."""
+    ws, outside = base / name, base / "outside"
     (ws / "src").mkdir(parents=True)
     (ws / "sub").mkdir()
     outside.mkdir()
@@ -89,6 +152,8 @@ def make_workspace(base: Path) -> Path:
     (ws / "dangling").symlink_to(outside / "created.txt")
     (ws / "up").symlink_to("..")
     (ws / "srclink").symlink_to("src")  # inside -> inside: allowed
+    os.link(outside / "secret.txt", ws / "hardlink_out")
+    os.link(outside / "secret.txt", ws / "sub" / "hardlink_out")
     return ws
 
 

@@ -27,6 +27,11 @@ RUN_ID_HEADER = "X-Runforge-Run-Id"
 _encoder = msgspec.json.Encoder()
 # The openai SDK's own defaults: many concurrent streams, a bounded idle pool.
 _POOL_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+# Providers quote the API key in their 401 answers (most mask it, not all): it never leaves the
+# server, so it is cut out of what is relayed or recorded. Shorter "keys" (the simulator's "sim")
+# are no secret, and replacing them would garble ordinary text.
+REDACTED = "[redacted]"
+_MIN_SECRET_CHARS = 8
 
 
 class UpstreamError(RunFailed):
@@ -58,6 +63,7 @@ class LLMClient:
         # Parsed once: httpx parses a string URL on every request (~30 µs, measured).
         self._completions_url = httpx2.URL(base_url.rstrip("/") + "/chat/completions")
         self._auth = f"Bearer {settings.api_key or 'none'}"
+        self._secret = settings.api_key if len(settings.api_key) >= _MIN_SECRET_CHARS else None
 
     @asynccontextmanager
     async def stream_chat(
@@ -90,7 +96,7 @@ class LLMClient:
         The response is closed when the block exits, normally or by cancellation.
         """
         headers = {RUN_ID_HEADER: run_id, "Content-Type": "application/json"}
-        with _upstream_errors():
+        with _upstream_errors(self._secret):
             # The SDK's post() with a pre-encoded body: same auth, retries and status errors as
             # chat.completions.create(), without its per-request TypedDict transform (~2 ms of
             # event-loop CPU per request, measured; msgspec encodes the body in ~4 µs).
@@ -121,7 +127,7 @@ class LLMClient:
             "Accept": "text/event-stream",
             RUN_ID_HEADER: run_id,
         }
-        with _upstream_errors():
+        with _upstream_errors(self._secret):
             request = self._http.build_request("POST", self._completions_url, content=body, headers=headers)
             response = await self._http.send(request, stream=True)
             try:
@@ -135,17 +141,19 @@ class LLMClient:
                 await response.aclose()
 
     async def list_models(self) -> dict[str, Any]:
-        """The provider's ``GET /models`` answer, as it sent it."""
-        try:
-            response = await self._client.get("/models", cast_to=httpx2.Response)
-        except openai.APIError as exc:
-            raise translate_error(exc) from exc
-        except httpx2.HTTPError as exc:
-            raise UpstreamError("upstream_unavailable", "could not reach the model provider") from exc
+        """The provider's ``GET /models`` answer, as it sent it (but for the API key)."""
+        with _upstream_errors(self._secret):
+            try:
+                response = await self._client.get("/models", cast_to=httpx2.Response)
+            except openai.APIError as exc:
+                raise translate_error(exc) from exc
+            except httpx2.HTTPError as exc:
+                raise UpstreamError("upstream_unavailable", "could not reach the model provider") from exc
         body = _json_object(response.content)
         if body is None:
             raise UpstreamError("upstream_malformed", "the model provider's model list is not a JSON object")
-        return body
+        redacted: dict[str, Any] = redact(body, self._secret)
+        return redacted
 
     async def close(self) -> None:
         await self._client.close()
@@ -153,18 +161,39 @@ class LLMClient:
 
 
 @contextlib.contextmanager
-def _upstream_errors() -> Iterator[None]:
-    """Every way an upstream request fails becomes an UpstreamError (the edge of the SDK)."""
+def _upstream_errors(secret: str | None = None) -> Iterator[None]:
+    """Every way an upstream request fails becomes an UpstreamError (the edge of the SDK),
+    without ``secret`` (the API key) in its message or in the provider's body it carries."""
     try:
-        yield
-    except openai.APIError as exc:
-        raise translate_error(exc) from exc
-    except StreamProblem as exc:
-        raise UpstreamError(exc.code, str(exc)) from exc
-    except httpx2.TimeoutException as exc:
-        raise UpstreamError("upstream_timeout", "the model stopped sending data") from exc
-    except (httpx2.HTTPError, httpx2.StreamError) as exc:
-        raise UpstreamError("upstream_unavailable", "the connection to the model provider was lost") from exc
+        try:
+            yield
+        except openai.APIError as exc:
+            raise translate_error(exc) from exc
+        except StreamProblem as exc:
+            raise UpstreamError(exc.code, str(exc)) from exc
+        except httpx2.TimeoutException as exc:
+            raise UpstreamError("upstream_timeout", "the model stopped sending data") from exc
+        except (httpx2.HTTPError, httpx2.StreamError) as exc:
+            raise UpstreamError("upstream_unavailable", "the connection to the model provider was lost") from exc
+    except UpstreamError as exc:
+        if secret is not None:
+            exc.message = redact(exc.message, secret)
+            exc.body = redact(exc.body, secret)
+            exc.args = tuple(redact(arg, secret) for arg in exc.args)
+        raise
+
+
+def redact(value: Any, secret: str | None) -> Any:
+    """``value`` (JSON-like) with every occurrence of ``secret`` in its strings replaced."""
+    if secret is None:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED)
+    if isinstance(value, dict):
+        return {redact(key, secret): redact(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact(item, secret) for item in value]
+    return value
 
 
 async def _chunks_only(frames: AsyncIterator[tuple[bytes, Chunk]]) -> AsyncGenerator[Chunk, None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import unicodedata
 from pathlib import Path
 from urllib.parse import unquote
@@ -28,6 +29,12 @@ _ENCODED_SEPARATOR = re.compile(r"%(2[eEfF]|5[cC])")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 # Double encoding (%252e -> %2e -> .) is unwrapped a few layers deep; more is not plausible.
 _MAX_DECODE_LAYERS = 4
+# Forms of ".", "/" and "\\" that lenient decoders accept: overlong UTF-8 (%c0%ae, %e0%80%ae)
+# and IIS-style %u escapes.
+_ODD_ENCODING = re.compile(r"%(c[01]%[0-9a-f]{2}|e0%[89][0-9a-f]%[0-9a-f]{2}|u00(2e|2f|5c))", re.IGNORECASE)
+# Characters drawn like "/" or "\\" that NFKC does not fold to them: a name holding one displays
+# as a path it is not (and some tools fold them). Those NFKC folds (U+FF0F, U+FF3C, U+FE68) too.
+_SEPARATOR_LOOKALIKES = frozenset("\u2215\u2044\u29f8\u29f9\u2216\u2571\u2572\uff0f\uff3c\ufe68")
 
 
 class WorkspaceError(Exception):
@@ -56,14 +63,28 @@ def _check_characters(user_path: str) -> None:
         raise _refuse("backslashes are not allowed in paths (use /)", user_path)
 
 
+def _check_lookalikes(text: str, user_path: str) -> None:
+    """Unicode that reads (or NFKC-normalises) as a separator or as "." / "..": fullwidth
+    U+FF0E U+FF0F, one/two dot leaders U+2024 U+2025, division slash U+2215, ..."""
+    if any(char in _SEPARATOR_LOOKALIKES for char in text):
+        raise _refuse("a character that looks like '/' or '\\' is not allowed in paths", user_path)
+    if _WINDOWS_DRIVE.match(unicodedata.normalize("NFKC", text)):
+        raise _refuse("Windows drive paths are not allowed (after Unicode normalisation)", user_path)
+    for part in text.split("/"):
+        folded = unicodedata.normalize("NFKC", part)
+        if folded != part and (folded in (".", "..") or "/" in folded or "\\" in folded):
+            raise _refuse("path has a '.', '..' or separator look-alike (after Unicode normalisation)", user_path)
+
+
 def _check_encoded_traversal(user_path: str) -> None:
     text = user_path
     for _ in range(_MAX_DECODE_LAYERS):
-        if _ENCODED_SEPARATOR.search(text):
+        if _ENCODED_SEPARATOR.search(text) or _ODD_ENCODING.search(text):
             raise _refuse("URL-encoded '.', '/' or '\\' is not allowed in paths", user_path)
         decoded = unquote(text)
         if decoded == text:
             return
+        _check_lookalikes(decoded, user_path)  # %ef%bc%8e is a fullwidth "."
         text = decoded
 
 
@@ -78,6 +99,7 @@ def _check_shape(user_path: str) -> list[str]:
         raise _refuse("absolute paths are not allowed (use a path relative to the workspace)", user_path)
     if _WINDOWS_DRIVE.match(user_path):
         raise _refuse("Windows drive paths are not allowed", user_path)
+    _check_lookalikes(user_path, user_path)
     _check_encoded_traversal(user_path)
     parts = [part for part in user_path.split("/") if part not in ("", ".")]
     for part in parts:
@@ -112,7 +134,21 @@ def resolve_in_workspace(root: Path, user_path: str) -> Path:
     # a new file) and follows dangling symlinks to where they would write.
     if not is_within(str(real_root), os.path.realpath(candidate)):
         raise _refuse("path escapes the workspace", user_path)
+    _check_not_hard_linked(candidate, user_path)
     return candidate
+
+
+def _check_not_hard_linked(candidate: Path, user_path: str) -> None:
+    """A regular file with a second name may share its inode with a file outside the workspace
+    (a hard link planted by a build script, say): its real path cannot tell. Runforge never
+    makes one (writes rename a fresh temp file, git checkouts and template copies write new
+    files), so refuse it outright rather than read, serve or rewrite what it shares."""
+    try:
+        info = os.stat(candidate)
+    except (OSError, ValueError):
+        return  # missing (a new file), or unreadable: the operation reports it
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+        raise _refuse("refusing a hard-linked file (it may be shared with a file outside the workspace)", user_path)
 
 
 def relative_display(root: Path, path: Path) -> str:

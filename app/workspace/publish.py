@@ -101,13 +101,16 @@ def _read_regular(path: Path) -> bytes:
         info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise NotServable("not a regular file")
+        if info.st_nlink > 1:  # may be the inode of a file outside (see resolve_in_workspace)
+            raise NotServable("a hard-linked file")
         if info.st_size > MAX_PREVIEW_FILE_BYTES:
             raise NotServable("file too large to preview")
         return file.read()
 
 
 def build_archive(root: Path) -> bytes:
-    """The workspace as a zip, without node_modules, .git, Runforge's temp files or symlinks."""
+    """The workspace as a zip, without node_modules, .git, Runforge's temp files, symlinks or
+    hard-linked files."""
     buffer = io.BytesIO()
     total = 0
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
