@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 log = logging.getLogger(__name__)
+
+
+class ErrorBody(msgspec.Struct):
+    """The shape of every error body, as the OpenAPI schema documents it (see app/api/openapi.py)."""
+
+    status: int
+    error: str  # the stable code: "run_active", "app_not_found", "invalid_request", ...
+    message: str
+    # Validation errors only (error "invalid_request"): what failed, e.g.
+    # {"message": "Expected `str`, got `int`", "key": "message", "source": "body"}.
+    details: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
 class AppError(Exception):
@@ -116,7 +129,7 @@ def error_body(status: int, code: str, message: str, **extra: Any) -> dict[str, 
     return {"status": status, "error": code, "message": message, **extra}
 
 
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+def _json(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response[dict[str, Any]]:
     return Response(content=body, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -132,7 +145,8 @@ def http_error_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Respons
         return _json(status, body)
     if status >= 500:
         return internal_error_handler(_, exc)
-    return _json(status, error_body(status, _HTTP_CODES.get(status, "http_error"), exc.detail))
+    # Litestar's own headers stay (the Allow of a 405 names the path's methods, as RFC 9110 asks).
+    return _json(status, error_body(status, _HTTP_CODES.get(status, "http_error"), exc.detail), exc.headers)
 
 
 def internal_error_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

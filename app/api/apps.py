@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, delete, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, PathParameter
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from app.api.deps import CurrentUser, ServicesDep, owned_app
-from app.api.views import app_view, message_view
+from app.api.openapi import (
+    APP_ERRORS,
+    MAX_MESSAGE_CHARS,
+    NOT_BLANK,
+    WORKSPACE_PATH,
+    ClosedJSONBody,
+    documented,
+    error_responses,
+    response,
+)
+from app.api.views import AppView, CreatedAppView, app_view, message_view
 from app.api.workspace import preview_ready
 from app.codegen.types import CodeGenType, infer_code_gen_type
 from app.errors import BadRequest, NotFound, PayloadTooLarge
@@ -27,8 +37,9 @@ MAX_NAME_CHARS = 200
 
 
 class CreateApp(msgspec.Struct, forbid_unknown_fields=True):
-    name: str | None = None
-    initPrompt: str | None = None
+    # Empty or missing: named from the prompt; blank (only spaces) is refused (invalid_name).
+    name: Annotated[str | None, documented(pattern=f"^$|{NOT_BLANK}", maxLength=MAX_NAME_CHARS)] = None
+    initPrompt: Annotated[str | None, documented(maxLength=MAX_MESSAGE_CHARS)] = None
     # None: chosen from the prompt (see choose_code_gen_type).
     codeGenType: CodeGenType | None = None
 
@@ -36,8 +47,8 @@ class CreateApp(msgspec.Struct, forbid_unknown_fields=True):
 class AppsController(Controller):
     path = "/apps"
 
-    @post("/")
-    async def create(self, data: JSONBody[CreateApp], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+    @post("/", responses={201: response("The app", CreatedAppView), **error_responses(400, 401, 413)})
+    async def create(self, data: ClosedJSONBody[CreateApp], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
         name = (data.name or (data.initPrompt or "").strip()[:60] or "Untitled app").strip()
         if not name or len(name) > MAX_NAME_CHARS:
             raise BadRequest(f"name must be 1-{MAX_NAME_CHARS} characters", code="invalid_name")
@@ -49,15 +60,15 @@ class AppsController(Controller):
         app = await services.apps.create(user.id, name, chosen, data.initPrompt)
         return {**(await _views(services, [app]))[0], "codeGenTypeRule": rule}
 
-    @get("/")
+    @get("/", responses={200: response("The user's apps", list[AppView]), **error_responses(401)})
     async def list_apps(self, services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
         return await _views(services, await services.apps.list_for(user.id))
 
-    @get("/{app_id:str}")
+    @get("/{app_id:str}", responses={200: response("The app", AppView), **APP_ERRORS})
     async def get_app(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
         return (await _views(services, [await owned_app(services, user, app_id)]))[0]
 
-    @delete("/{app_id:str}", status_code=HTTP_204_NO_CONTENT)
+    @delete("/{app_id:str}", status_code=HTTP_204_NO_CONTENT, responses=APP_ERRORS)
     async def delete_app(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> None:
         await owned_app(services, user, app_id)
 
@@ -69,12 +80,12 @@ class AppsController(Controller):
 
         await services.manager.delete_app(app_id, delete_everything)
 
-    @get("/{app_id:str}/messages")
+    @get("/{app_id:str}/messages", responses=APP_ERRORS)
     async def messages(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
         await owned_app(services, user, app_id)
         return [message_view(m) for m in await services.apps.messages(app_id)]
 
-    @get("/{app_id:str}/files")
+    @get("/{app_id:str}/files", responses=APP_ERRORS)
     async def files(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
         await owned_app(services, user, app_id)
         root = services.workspace(app_id)
@@ -83,11 +94,11 @@ class AppsController(Controller):
         entries = await asyncio.to_thread(tree, root)
         return [{"path": e.path, "kind": e.kind, "size": e.size} for e in entries]
 
-    @get("/{app_id:str}/files/{path:path}")
+    @get("/{app_id:str}/files/{path:path}", responses=APP_ERRORS)
     async def file(
         self,
         app_id: FromPath[str],
-        path: FromPath[str],
+        path: Annotated[str, PathParameter(schema_extra=WORKSPACE_PATH)],
         services: ServicesDep,
         user: CurrentUser,
     ) -> dict[str, Any]:

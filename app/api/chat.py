@@ -7,11 +7,23 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
 from app.api.deps import CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app
+from app.api.openapi import (
+    APP_ERRORS,
+    MAX_MESSAGE_CHARS,
+    NOT_BLANK,
+    RUN_ID,
+    SSE,
+    RunIdPath,
+    documented,
+    error_responses,
+    optional_string,
+    response,
+)
 from app.api.sse import event_stream
 from app.api.stopping import stop_elsewhere
 from app.control.cancel import StopMode, StopReason
@@ -25,10 +37,22 @@ from app.store.models import User
 ROLLBACK_WAIT_S = 30.0
 
 
+# What the handlers refuse with their own codes (empty_message, message_too_large, invalid_run_id).
+MESSAGE_SCHEMA = documented(pattern=NOT_BLANK, maxLength=MAX_MESSAGE_CHARS)
+RUN_ID_SCHEMA = documented(pattern=RUN_ID)
+# Starting a run: besides the app's errors, a run already active (409), a long message (413), a
+# limit (429), a database that cannot record it (503).
+START_ERRORS = {**APP_ERRORS, **error_responses(409, 413, 429, 503)}
+STOP_RESPONSES = {
+    200: response("The run has ended: its final status (a rollback stop answers once the files are back)"),
+    **error_responses(400, 401, 403, 404, 429),
+}
+
+
 class GenRequest(msgspec.Struct):
     appId: str
-    message: str
-    runId: str | None = None
+    message: Annotated[str, MESSAGE_SCHEMA]
+    runId: Annotated[str | None, RUN_ID_SCHEMA] = None
     onDisconnect: OnDisconnect = OnDisconnect.CANCEL
     multitask: Multitask = Multitask.INTERRUPT
 
@@ -39,37 +63,39 @@ class StopRequest(msgspec.Struct):
 
 
 class ChatController(Controller):
-    @get("/app/chat/gen/code")
+    @get("/app/chat/gen/code", media_type=SSE, responses=START_ERRORS)
     async def gen_code_get(
         self,
         request: Request[Any, Any, Any],
         services: ServicesDep,
         user: CurrentUser,
         app_id: Annotated[str, QueryParameter(name="appId")],
-        message: FromQuery[str],
-        run_id: Annotated[str | None, QueryParameter(name="runId")] = None,
+        message: Annotated[str, QueryParameter(schema_extra=MESSAGE_SCHEMA.schema_extra)],
+        run_id: Annotated[
+            str | None, QueryParameter(name="runId", schema_extra=optional_string(pattern=RUN_ID))
+        ] = None,
         on_disconnect: Annotated[OnDisconnect, QueryParameter(name="onDisconnect")] = OnDisconnect.CANCEL,
         multitask: FromQuery[Multitask] = Multitask.INTERRUPT,
     ) -> EventSourceResponse:
         gen = GenRequest(app_id, message, run_id, on_disconnect, multitask)
         return await start_run(request, services, user, gen)
 
-    @post("/app/chat/gen/code", status_code=HTTP_200_OK)
+    @post("/app/chat/gen/code", status_code=HTTP_200_OK, media_type=SSE, responses=START_ERRORS)
     async def gen_code_post(
         self, request: Request[Any, Any, Any], data: JSONBody[GenRequest], services: ServicesDep, user: CurrentUser
     ) -> EventSourceResponse:
         return await start_run(request, services, user, data)
 
-    @post(["/app/chat/stop", "/chat/stop"], status_code=HTTP_202_ACCEPTED)
+    @post(["/app/chat/stop", "/chat/stop"], status_code=HTTP_202_ACCEPTED, responses=STOP_RESPONSES)
     async def stop(
         self, data: JSONBody[StopRequest], services: ServicesDep, user: CurrentUser
     ) -> Response[dict[str, Any]]:
         return await stop_run(services, user, data.runId, data.mode)
 
-    @post("/runs/{run_id:str}/stop", status_code=HTTP_202_ACCEPTED)
+    @post("/runs/{run_id:str}/stop", status_code=HTTP_202_ACCEPTED, responses=STOP_RESPONSES)
     async def stop_by_path(
         self,
-        run_id: FromPath[str],
+        run_id: RunIdPath,
         services: ServicesDep,
         user: CurrentUser,
         mode: FromQuery[StopMode] = StopMode.IMMEDIATE,

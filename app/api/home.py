@@ -16,6 +16,7 @@ from litestar.response import Redirect
 from litestar.status_codes import HTTP_200_OK, HTTP_401_UNAUTHORIZED, HTTP_503_SERVICE_UNAVAILABLE
 
 from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
+from app.api.openapi import response
 from app.services import Services
 
 COOKIE_MAX_AGE_S = 30 * 24 * 3600
@@ -80,7 +81,11 @@ async def healthz(services: ServicesDep) -> dict[str, Any]:
     }
 
 
-@get("/readyz", include_in_schema=True)
+@get(
+    "/readyz",
+    include_in_schema=True,
+    responses={503: response("Not ready: the same body, naming the check that failed (`checks`)")},
+)
 async def readyz(services: ServicesDep) -> Response[dict[str, Any]]:
     """Ready for traffic: the database answers (and the broker, with several workers), and the
     process is not shutting down. 503 otherwise, naming what failed."""

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import Any
+from typing import Annotated, Any, TypeAlias
 
 import msgspec
 from litestar import Litestar, Request, Response, Router, get, post
+from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
-from litestar.params import JSONBody
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.params import Body
 from litestar.status_codes import HTTP_200_OK
 from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
 
 from app.api.deps import CurrentUser, ServicesDep, bearer_token, check_run_owner
+from app.api.openapi import error_responses
 from app.api.proxy_relay import AsgiReply, relay
 from app.api.stopping import stop_elsewhere
 from app.control.cancel import StopMode, StopReason
@@ -38,6 +41,18 @@ MAX_CHAT_BODY_BYTES = 8 * 1024 * 1024
 class InterruptRequest(msgspec.Struct):
     requestId: str | None = None
     messageId: str | None = None
+
+
+def _named(field: str) -> Schema:
+    return Schema(required=[field], properties={field: Schema(type=OpenAPIType.STRING, min_length=1)})
+
+
+# One of the ids, not empty (else 400 missing_id). The server also takes both when they are
+# equal (different ones: ambiguous_id); the schema asks for exactly one.
+InterruptBody: TypeAlias = Annotated[
+    InterruptRequest,
+    Body(media_type=RequestEncodingType.JSON, schema_extra={"oneOf": [_named("requestId"), _named("messageId")]}),
+]
 
 
 @asgi("/chat/completions", copy_scope=False)
@@ -120,13 +135,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-@get("/models")
+@get("/models", responses=error_responses(401, openai=True))
 async def list_models(services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
     return await services.llm.list_models()
 
 
-@post("/interrupt", status_code=HTTP_200_OK)
-async def interrupt(data: JSONBody[InterruptRequest], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+@post("/interrupt", status_code=HTTP_200_OK, responses=error_responses(400, 401, 403, 404, 429, openai=True))
+async def interrupt(data: InterruptBody, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
     request_id = _interrupt_target(data)
     services.limits.take_stop(user.id)
     run = services.manager.get(request_id)
@@ -173,7 +188,8 @@ def _app_error(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, A
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     code = "invalid_request" if exc.status_code == 400 else "http_error"
-    return Response(openai_error(exc.status_code, code, exc.detail), status_code=exc.status_code)
+    body = openai_error(exc.status_code, code, exc.detail)
+    return Response(body, status_code=exc.status_code, headers=exc.headers)  # a 405's Allow, say
 
 
 def _upstream_error(_: Request[Any, Any, Any], exc: UpstreamError) -> Response[dict[str, Any]]:

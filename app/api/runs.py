@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any, cast
 
 from litestar import Controller, get
-from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.types import ASGIApp
 from starlette.responses import Response as PlainResponse
 
 from app.api.deps import CurrentUser, ServicesDep, check_run_owner
+from app.api.openapi import APP_ERRORS, RUN_ID, SSE, RunIdPath, error_responses, optional_string, response
 from app.api.sse import (
     ACTIVE_STATUSES,
     event_stream,
@@ -17,7 +18,7 @@ from app.api.sse import (
     parse_last_event_id,
     remote_event_stream,
 )
-from app.api.views import live_run_view, row_run_view
+from app.api.views import RunView, live_run_view, row_run_view
 from app.control.run import OnDisconnect, Run
 from app.errors import BadRequest, Conflict, NotFound
 from app.services import Services
@@ -33,25 +34,41 @@ def no_content() -> ASGIApp:
     return cast(ASGIApp, PlainResponse(status_code=204))
 
 
+# `<runId>:<seq>`, the id of an event the client has seen (its run's id: else 400 invalid_last_event_id).
+EVENT_ID_SCHEMA = optional_string(pattern=f"{RUN_ID.removesuffix('$')}:[0-9]{{1,18}}$")
+
+
 class RunsController(Controller):
     path = "/runs"
 
-    @get("/{run_id:str}")
-    async def get_run(self, run_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+    @get("/{run_id:str}", responses={200: response("The run's status", RunView), **APP_ERRORS})
+    async def get_run(self, run_id: RunIdPath, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
         run = services.manager.get(run_id)
         if run is not None:
             check_run_owner(run.user_id, user, run_id)
             return live_run_view(run)
         return row_run_view(await _owned_row(services, user, run_id))
 
-    @get("/{run_id:str}/events")
+    @get(
+        "/{run_id:str}/events",
+        media_type=SSE,
+        responses={
+            204: response("Nothing newer: the run has ended and the client has seen its last event", None),
+            **APP_ERRORS,
+            **error_responses(409),
+        },
+    )
     async def events(
         self,
-        run_id: FromPath[str],
+        run_id: RunIdPath,
         services: ServicesDep,
         user: CurrentUser,
-        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
-        last_event_id_query: Annotated[str | None, QueryParameter(name="lastEventId")] = None,
+        last_event_id: Annotated[
+            str | None, HeaderParameter(name="Last-Event-ID", schema_extra=EVENT_ID_SCHEMA)
+        ] = None,
+        last_event_id_query: Annotated[
+            str | None, QueryParameter(name="lastEventId", schema_extra=EVENT_ID_SCHEMA)
+        ] = None,
         on_disconnect: Annotated[OnDisconnect, QueryParameter(name="onDisconnect")] = OnDisconnect.CONTINUE,
     ) -> ASGIApp:
         # A page rejoining with a new EventSource cannot set the header: it passes the query.

@@ -7,9 +7,10 @@ from typing import Any
 from litestar import get
 
 from app.api.deps import CurrentUser, ServicesDep
+from app.api.openapi import error_responses
 
 
-@get("/templates")
+@get("/templates", responses=error_responses(401))
 async def list_templates(services: ServicesDep, user: CurrentUser) -> list[dict[str, Any]]:
     """Each preset with its quick-start prompts: sending one exactly selects the preset."""
     return [

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from app.checkpoints import Checkpoint
 from app.control.run import Run as LiveRun
 from app.store.models import App, ChatMessage
@@ -13,6 +15,52 @@ from app.store.models import Run as RunRow
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+class AppView(msgspec.Struct):
+    """What app_view returns, for the OpenAPI schema (the handlers return the dicts)."""
+
+    id: str
+    name: str
+    codeGenType: str
+    initPrompt: str | None
+    ownerId: str
+    createdAt: str | None
+    updatedAt: str | None
+    previewLink: str
+    previewReady: bool
+
+
+class CreatedAppView(AppView):
+    codeGenTypeRule: str  # what chose codeGenType: "given", "template:<name>", or a keyword rule
+
+
+class RunError(msgspec.Struct):
+    code: str
+    message: str | None
+
+
+class RunView(msgspec.Struct):
+    """What live_run_view and row_run_view return, for the OpenAPI schema."""
+
+    runId: str
+    kind: str
+    appId: str | None
+    status: str
+    createdAt: str | None
+    startedAt: str | None
+    stopRequestedAt: str | None
+    endedAt: str | None
+    stopReason: str | None
+    finishReason: str | None
+    error: RunError | None
+    steps: int
+    toolCallsExecuted: int
+    toolCallsSkipped: int
+    usage: dict[str, Any] | None
+    lastSeq: int
+    live: bool
+    worker: str | None = None  # a run this worker does not hold: the worker that owns (owned) it
 
 
 def app_view(app: App, preview_link: str, preview_ready: bool) -> dict[str, Any]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, PathParameter
 from litestar.response import Redirect
 from litestar.status_codes import HTTP_200_OK
 
 from app.api.deps import CurrentUser, ServicesDep, check_run_id, owned_app
+from app.api.openapi import APP_ERRORS, RUN_ID, WORKSPACE_PATH, ClosedJSONBody, documented, error_responses, response
 from app.api.views import checkpoint_view
 from app.checkpoints import CheckpointError
 from app.codegen.types import CodeGenType
@@ -32,7 +33,7 @@ PREVIEW_HEADERS = {
 
 
 class RevertRequest(msgspec.Struct, forbid_unknown_fields=True):
-    runId: str
+    runId: Annotated[str, documented(pattern=RUN_ID)]  # else invalid_run_id
 
 
 class WorkspaceController(Controller):
@@ -49,12 +50,20 @@ class WorkspaceController(Controller):
         await owned_app(services, user, app_id)
         return Redirect(f"/apps/{app_id}/preview/")
 
-    @get("/{app_id:str}/preview/{path:path}")
+    @get(
+        "/{app_id:str}/preview/{path:path}",
+        responses={
+            # Any type: the site's own files (HTML, CSS, scripts, images), by their names.
+            200: response("A file of the app's site", bytes, "*/*"),
+            302: response("A directory without its final slash: to its index", None),
+            **APP_ERRORS,
+        },
+    )
     async def preview(
         self,
         request: Request[Any, Any, Any],
         app_id: FromPath[str],
-        path: FromPath[str],
+        path: Annotated[str, PathParameter(schema_extra=WORKSPACE_PATH)],
         services: ServicesDep,
         user: CurrentUser,
     ) -> Response[bytes] | Redirect:
@@ -63,7 +72,14 @@ class WorkspaceController(Controller):
             relative += "/"  # stripped by Litestar: "dir/" means the directory's index.html
         return await _serve_preview(services, user, app_id, relative)
 
-    @get("/{app_id:str}/download")
+    @get(
+        "/{app_id:str}/download",
+        responses={
+            200: response("The workspace as a zip archive", bytes, "application/zip"),
+            **APP_ERRORS,
+            **error_responses(413),
+        },
+    )
     async def download(self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser) -> Response[bytes]:
         await owned_app(services, user, app_id)
         try:
@@ -73,7 +89,7 @@ class WorkspaceController(Controller):
         headers = {"Content-Disposition": f'attachment; filename="app-{app_id}.zip"', "Cache-Control": "no-store"}
         return Response(archive, media_type="application/zip", headers=headers)
 
-    @get("/{app_id:str}/checkpoints")
+    @get("/{app_id:str}/checkpoints", responses=APP_ERRORS)
     async def checkpoints(
         self, app_id: FromPath[str], services: ServicesDep, user: CurrentUser
     ) -> list[dict[str, Any]]:
@@ -81,9 +97,9 @@ class WorkspaceController(Controller):
         found = await asyncio.to_thread(services.checkpoints.list, app_id)
         return [checkpoint_view(c) for c in found]
 
-    @post("/{app_id:str}/revert", status_code=HTTP_200_OK)
+    @post("/{app_id:str}/revert", status_code=HTTP_200_OK, responses={**APP_ERRORS, **error_responses(409)})
     async def revert(
-        self, app_id: FromPath[str], data: JSONBody[RevertRequest], services: ServicesDep, user: CurrentUser
+        self, app_id: FromPath[str], data: ClosedJSONBody[RevertRequest], services: ServicesDep, user: CurrentUser
     ) -> dict[str, Any]:
         await owned_app(services, user, app_id)
         return await revert_to_run(services, app_id, check_run_id(data.runId))
