@@ -149,6 +149,7 @@ class Settings:
             templates_dir=Path(get("TEMPLATES_DIR") or defaults.templates_dir),
             build=_build_settings(get),
             tool_delay_s=_float(get("TOOL_DELAY_MS"), "TOOL_DELAY_MS", 0.0) / 1000,
+            finished_run_ttl_s=_float(get("FINISHED_RUN_TTL_S"), "FINISHED_RUN_TTL_S", defaults.finished_run_ttl_s),
             cluster=_cluster_settings(get),
             log_format=_choice(get("LOG_FORMAT"), "LOG_FORMAT", LOG_FORMATS, defaults.log_format),
             limits=_limit_settings(get),

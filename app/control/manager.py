@@ -145,6 +145,7 @@ class RunManager:
 
     @property
     def retained_count(self) -> int:
+        self._prune()  # expired ones are not held, even when no run has finished since
         return len(self._finished)
 
     @property
