@@ -20,12 +20,12 @@ run that ended otherwise than its mix entry says it must, a file written after a
 calls that do not match the files written, temp files left, an upstream request started after a
 stop was accepted, upstream connections still open (the simulator's own count), history rows
 from interrupted or failed runs, a completed run whose saved answer differs from what was
-streamed, runs or run tasks left in the server, event-loop tasks above the idle count, and RSS
+streamed, runs, run tasks or retained finished runs left in the server, event-loop tasks above the idle count, and RSS
 more than ``--rss-tolerance`` above its baseline (taken after a warm-up round of the same mix,
 so that the interpreter's high-water mark is not counted as a leak).
 
-    .venv/bin/python bench/soak.py                      # 1000 slots, 60 s
-    .venv/bin/python bench/soak.py --concurrency 100 --duration 10
+    .venv/bin/python bench/soak.py                      # 1000 slots, 60 s, 200 ms a token
+    .venv/bin/python bench/soak.py --concurrency 100 --duration 10 --pace-ms 50
 
 Loopback only; bounded by --timeout; the subprocesses are killed on any exit. Exit status 0 when
 every count is zero, 1 otherwise, 2 when the soak itself could not run.
@@ -42,6 +42,7 @@ import random
 import shutil
 import signal
 import sqlite3
+import ssl
 import sys
 import tempfile
 import time
@@ -79,7 +80,12 @@ from stop_latency import (
 
 CLOSE_AFTER_TERMINAL_S = 5.0  # the server must close a stream this soon after its terminal event
 RECORD_TIMEOUT_S = 30.0  # a run must be recorded as final this soon after its stream ended
+RECORD_POLL_FIRST_S, RECORD_POLL_CAP_S = 0.05, 1.0
 SETTLE_TIMEOUT_S = 30.0  # the server must be idle again this soon after the last run
+# Finished runs stay in the server's memory this long (RUNFORGE_FINISHED_RUN_TTL_S, 600 s by
+# default) for rejoins: short here, so that the registry must be empty again when RSS is compared.
+FINISHED_RUN_TTL_S = 5.0
+IDLE_COUNTS = ("active_runs", "run_tasks", "retained_runs", "upstream_open")
 HEALTH_PROBE_S = 0.25
 # Under uvicorn's 5 s keep-alive timeout: a connection idle that long is never reused, so no request
 # races the server closing it (httpx's default expiry is 5 s too, and under load that race is lost).
@@ -127,7 +133,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     p.add_argument("--duration", type=float, default=60.0, help="how long new runs are started, s (default 60)")
     p.add_argument("--max-runs", type=int, default=100_000, help="stop starting runs after this many")
     p.add_argument("--warmup-runs", type=int, default=None, help="runs before the RSS baseline (default: 1 per slot)")
-    p.add_argument("--pace-ms", type=float, default=50.0, help="simulated ms per token (default 50)")
+    # 1000 streams at 200 ms a token are 5000 events/s through the simulator, the server and this
+    # client on one machine: what 2 cores carry (measured: docs/reliability.md).
+    p.add_argument("--pace-ms", type=float, default=200.0, help="simulated ms per token (default 200)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rss-tolerance", type=float, default=0.10, help="allowed RSS growth over the baseline")
     p.add_argument("--timeout", type=float, default=600.0, help="global time limit, s")
@@ -165,6 +173,10 @@ class RunResult:
     stop_status: int | None = None
     stop_sent_mono: float | None = None
     stop_sent_wall: float | None = None
+    # Where a run's time went (s): opening its stream to its first event, and its stream's end
+    # to its record being final (for the report's phase percentiles).
+    first_event_s: float | None = None
+    record_wait_s: float | None = None
     snap_before: Snapshot = field(default_factory=dict)
     snap_terminal: Snapshot | None = None
     snap_after: Snapshot | None = None
@@ -177,6 +189,7 @@ class Stream:
     def __init__(self, http: httpx.AsyncClient, result: RunResult, params: dict[str, str], workspace: Path) -> None:
         self.result = result
         self.first_event = asyncio.Event()
+        self._opened = time.monotonic()
         self._workspace = workspace
         self.task = asyncio.create_task(self._read(http, params))
 
@@ -202,7 +215,9 @@ class Stream:
 
     def _on_event(self, kind: str, data: dict[str, Any]) -> bool:
         r = self.result
-        self.first_event.set()
+        if not self.first_event.is_set():
+            r.first_event_s = time.monotonic() - self._opened
+            self.first_event.set()
         if r.terminal is not None:
             r.events_after_terminal += 1
             return False
@@ -227,18 +242,21 @@ class Entry:
     """One mix entry: its app and the runs it started (two for a supersede)."""
 
     app_id: str
+    http: httpx.AsyncClient  # its slot's
+    create_s: float = 0.0  # POST /apps
     runs: list[RunResult] = field(default_factory=list)
 
 
 @dataclass
 class Soak:
     cfg: Config
-    http: httpx.AsyncClient
+    client: Callable[[], httpx.AsyncClient]  # a slot's own client (see slot_client)
     workspaces: Path
     rng: random.Random
     deadline: float = 0.0
     started: int = 0
     results: list[RunResult] = field(default_factory=list)
+    create_s: list[float] = field(default_factory=list)  # each entry's POST /apps
 
     def more(self) -> bool:
         return time.monotonic() < self.deadline and self.started < self.cfg.max_runs
@@ -251,9 +269,9 @@ class Soak:
         self.results.append(result)
         return result
 
-    def start(self, result: RunResult, prompt: str) -> Stream:
+    def start(self, entry: Entry, result: RunResult, prompt: str) -> Stream:
         params = {"appId": result.app_id, "message": prompt, "runId": result.run_id}
-        return Stream(self.http, result, params, self.workspaces / result.app_id)
+        return Stream(entry.http, result, params, self.workspaces / result.app_id)
 
     def window(self) -> float:
         return self.rng.uniform(*STOP_WINDOW_S)
@@ -272,21 +290,21 @@ async def after_first_event(stream: Stream, delay: float) -> None:
 
 async def run_complete(soak: Soak, entry: Entry) -> None:
     result = soak.new_run(entry, "complete", "done")
-    await soak.start(result, soak.text(soak.rng.randint(10, 40))).task
+    await soak.start(entry, result, soak.text(soak.rng.randint(10, 40))).task
 
 
 async def run_tools(soak: Soak, entry: Entry) -> None:
     result = soak.new_run(entry, "tools", "done")
-    await soak.start(result, soak.tools(soak.rng.randint(1, 3))).task
+    await soak.start(entry, result, soak.tools(soak.rng.randint(1, 3))).task
 
 
 async def run_stop(soak: Soak, entry: Entry, *, tools: bool = False) -> None:
     result = soak.new_run(entry, "stop_tools" if tools else "stop", "interrupted", "user_stop")
-    stream = soak.start(result, soak.tools(50) if tools else soak.text(LONG_TOKENS))
+    stream = soak.start(entry, result, soak.tools(50) if tools else soak.text(LONG_TOKENS))
     await after_first_event(stream, soak.window())
     result.stop_sent_mono, result.stop_sent_wall = time.monotonic(), time.time()
     with contextlib.suppress(httpx.HTTPError):
-        response = await request(soak.http, "POST", "/app/chat/stop", json={"runId": result.run_id})
+        response = await request(entry.http, "POST", "/app/chat/stop", json={"runId": result.run_id})
         result.stop_status = response.status_code
     await stream.task
 
@@ -295,23 +313,23 @@ async def run_disconnect(soak: Soak, entry: Entry) -> None:
     result = soak.new_run(entry, "disconnect", "interrupted", "client_disconnect")
     result.read_to_end = False
     prompt = soak.tools(50) if soak.rng.random() < 0.5 else soak.text(LONG_TOKENS)
-    stream = soak.start(result, prompt)
+    stream = soak.start(entry, result, prompt)
     await after_first_event(stream, soak.window())
     await stream.close()
 
 
 async def run_supersede(soak: Soak, entry: Entry) -> None:
     first = soak.new_run(entry, "supersede", "interrupted", "superseded")
-    stream = soak.start(first, soak.text(LONG_TOKENS))
+    stream = soak.start(entry, first, soak.text(LONG_TOKENS))
     await after_first_event(stream, soak.window())
     second = soak.new_run(entry, "complete", "done")
-    await asyncio.gather(stream.task, soak.start(second, soak.text(soak.rng.randint(10, 40))).task)
+    await asyncio.gather(stream.task, soak.start(entry, second, soak.text(soak.rng.randint(10, 40))).task)
 
 
 async def run_fail(soak: Soak, entry: Entry) -> None:
     directive, code = soak.rng.choice(FAULTS)
     result = soak.new_run(entry, "fail", "failed", code)
-    await soak.start(result, f"write an essay [sim:{directive}]").task
+    await soak.start(entry, result, f"write an essay [sim:{directive}]").task
 
 
 KINDS: dict[str, Callable[[Soak, Entry], Awaitable[None]]] = {
@@ -330,16 +348,22 @@ async def slot(soak: Soak, *, runs: int | None = None) -> None:
     app's first user message, and a new workspace makes every write of a run visible."""
     kinds, weights = list(MIX), list(MIX.values())
     done = 0
-    while (soak.more() if runs is None else done < runs) and soak.started < soak.cfg.max_runs:
-        entry = Entry(await create_app(soak.http))
-        await KINDS[soak.rng.choices(kinds, weights)[0]](soak, entry)
-        # The runs' records, and the workspace as they left it.
-        for result in entry.runs:
-            result.server = await wait_recorded(soak.http, result.run_id)
-        after = snapshot(soak.workspaces / entry.app_id)
-        for result in entry.runs:
-            result.snap_after = after
-        done += 1
+    async with soak.client() as http:
+        while (soak.more() if runs is None else done < runs) and soak.started < soak.cfg.max_runs:
+            began = time.monotonic()
+            entry = Entry(await create_app(http), http)
+            entry.create_s = time.monotonic() - began
+            soak.create_s.append(entry.create_s)
+            await KINDS[soak.rng.choices(kinds, weights)[0]](soak, entry)
+            # The runs' records, and the workspace as they left it.
+            for result in entry.runs:
+                began = time.monotonic()
+                result.server = await wait_recorded(http, result.run_id)
+                result.record_wait_s = time.monotonic() - began
+            after = snapshot(soak.workspaces / entry.app_id)
+            for result in entry.runs:
+                result.snap_after = after
+            done += 1
 
 
 RETRIED: Counter[str] = Counter()  # request errors retried, by exception type (in the report)
@@ -371,12 +395,18 @@ async def create_app(http: httpx.AsyncClient) -> str:
 
 
 async def wait_recorded(http: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
+    """The run's view once it is final and no longer live (or as it is at RECORD_TIMEOUT_S).
+
+    Polled at 50 ms doubling to 1 s: measured, a fixed 50 ms made 1000 slots send the server more
+    GET /runs/{id} than anything else, and cost the client half its CPU (py-spy)."""
     view: dict[str, Any] = {}
+    delay = RECORD_POLL_FIRST_S
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(RECORD_TIMEOUT_S):
             while view.get("status") not in FINAL_STATUSES or view.get("live"):
                 if view:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECORD_POLL_CAP_S)
                 view = (await request(http, "GET", f"/runs/{run_id}")).json()
     return view
 
@@ -491,6 +521,7 @@ async def server_state(http: httpx.AsyncClient, sim: httpx.AsyncClient) -> dict[
     return {
         "active_runs": health["activeRuns"],
         "run_tasks": health["runTasks"],
+        "retained_runs": health["retainedRuns"],
         "loop_tasks": metric(metrics, "runforge_event_loop_tasks"),
         "upstream_open": (await sim.get("/_sim/health")).json()["open"],
     }
@@ -502,7 +533,11 @@ async def settle(http: httpx.AsyncClient, sim: httpx.AsyncClient, tasks: float =
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     state = await server_state(http, sim)
     while time.monotonic() < deadline and (
-        state["active_runs"] or state["run_tasks"] or state["upstream_open"] or state["loop_tasks"] > tasks
+        state["active_runs"]
+        or state["run_tasks"]
+        or state["retained_runs"]
+        or state["upstream_open"]
+        or state["loop_tasks"] > tasks
     ):
         await asyncio.sleep(0.1)
         state = await server_state(http, sim)
@@ -512,7 +547,7 @@ async def settle(http: httpx.AsyncClient, sim: httpx.AsyncClient, tasks: float =
 @dataclass
 class Health:
     rtt: list[float] = field(default_factory=list)
-    errors: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # by exception type, or HTTP status
 
 
 async def probe_health(http: httpx.AsyncClient, health: Health) -> None:
@@ -521,8 +556,10 @@ async def probe_health(http: httpx.AsyncClient, health: Health) -> None:
         try:
             (await http.get("/healthz")).raise_for_status()
             health.rtt.append(time.monotonic() - start)
-        except httpx.HTTPError:
-            health.errors += 1
+        except httpx.HTTPStatusError as exc:
+            health.errors[f"HTTP {exc.response.status_code}"] += 1
+        except httpx.HTTPError as exc:
+            health.errors[type(exc).__name__] += 1
         await asyncio.sleep(HEALTH_PROBE_S)
 
 
@@ -551,15 +588,26 @@ class Observed:
     load_seconds: float = 0.0
 
 
-def runs_client(cfg: Config, target: Target) -> httpx.AsyncClient:
-    """A connection per stream and per stop; one per phase, closed after it, so that the server's
-    idle state is measured with none of its connections left open."""
+# A slot has at most two streams (a supersede) and a stop or record poll in flight at once.
+SLOT_CONNECTIONS = 4
+
+
+def slot_client(target: Target) -> Callable[[], httpx.AsyncClient]:
+    """Each slot gets a client of its own, closed when the slot ends (so the server's idle state is
+    measured with none of its connections left open). Measured: one pool of 2000 connections for
+    1000 slots made httpcore scan the whole pool on every request, and the client, not the
+    server, used a core of its own at 1000 slots (py-spy: AsyncConnectionPool.has_expired)."""
     limits = httpx.Limits(
-        max_connections=cfg.concurrency * 2 + 64, max_keepalive_connections=cfg.concurrency * 2,
+        max_connections=SLOT_CONNECTIONS, max_keepalive_connections=SLOT_CONNECTIONS,
         keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )  # fmt: skip
     headers = {"Authorization": f"Bearer {target.token}"}
-    return httpx.AsyncClient(base_url=target.url, headers=headers, timeout=60.0, limits=limits, trust_env=False)
+    # One TLS context for all (unused on loopback http://): httpx builds one per client otherwise,
+    # 20 ms each (measured), and 1000 slots starting at once stalled this client for 20 s.
+    tls = ssl.create_default_context()
+    return lambda: httpx.AsyncClient(
+        base_url=target.url, headers=headers, timeout=60.0, limits=limits, trust_env=False, verify=tls
+    )
 
 
 async def soak_run(cfg: Config, target: Target) -> dict[str, Any]:
@@ -571,21 +619,22 @@ async def soak_run(cfg: Config, target: Target) -> dict[str, Any]:
     async with control, sim:
         await wait_until_up(control)
         seen.idle, seen.rss["idle"] = await server_state(control, sim), rss_bytes(target.server_pid)
-        soak = Soak(cfg, control, target.data_dir / "workspaces", random.Random(cfg.seed), deadline=float("inf"))
+        soak = Soak(
+            cfg, slot_client(target), target.data_dir / "workspaces", random.Random(cfg.seed), deadline=float("inf")
+        )
         # Warm-up: the same mix, so the baseline is the process after it has served this load once.
-        async with runs_client(cfg, target) as soak.http:
-            per_slot = -(-cfg.warmup_runs // cfg.concurrency)
-            slots = min(cfg.concurrency, cfg.warmup_runs)
-            await asyncio.gather(*(slot(soak, runs=per_slot) for _ in range(slots)))
+        per_slot = -(-cfg.warmup_runs // cfg.concurrency)
+        slots = min(cfg.concurrency, cfg.warmup_runs)
+        await asyncio.gather(*(slot(soak, runs=per_slot) for _ in range(slots)))
         seen.warm, seen.rss["baseline"] = await settle(control, sim), rss_bytes(target.server_pid)
         soak.results.clear()
+        soak.create_s.clear()
         soak.started = 0
-        async with runs_client(cfg, target) as soak.http:
-            await load(soak, target, seen, control)
+        await load(soak, target, seen, control)
         seen.final = await settle(control, sim, seen.warm["loop_tasks"])
         seen.records = (await sim.get("/_sim/requests")).json()
         seen.rss["after"] = rss_bytes(target.server_pid)
-    return report(cfg, soak.results, target, seen)
+    return report(cfg, soak.results, target, seen, soak.create_s)
 
 
 async def load(soak: Soak, target: Target, seen: Observed, probe_http: httpx.AsyncClient) -> None:
@@ -633,7 +682,7 @@ def all_checks(cfg: Config, results: list[RunResult], target: Target, seen: Obse
     # Against the state after the warm-up: the first SSE response starts sse-starlette's one
     # process-wide shutdown watcher, which is not a leak.
     final, warm = seen.final, seen.warm
-    checks["server_not_idle"] = [f"{k}={final[k]:g}" for k in ("active_runs", "run_tasks", "upstream_open") if final[k]]
+    checks["server_not_idle"] = [f"{k}={final[k]:g}" for k in IDLE_COUNTS if final[k]]
     if final["loop_tasks"] > warm["loop_tasks"]:
         checks["server_not_idle"].append(f"loop_tasks={final['loop_tasks']:g} > {warm['loop_tasks']:g}")
     limit = seen.rss["baseline"] * (1 + cfg.rss_tolerance)
@@ -651,7 +700,9 @@ def outcome_label(r: RunResult) -> str:
     return f"{r.server.get('status')}/{detail}"
 
 
-def report(cfg: Config, results: list[RunResult], target: Target, seen: Observed) -> dict[str, Any]:
+def report(
+    cfg: Config, results: list[RunResult], target: Target, seen: Observed, create_s: Sequence[float] = ()
+) -> dict[str, Any]:
     checks = all_checks(cfg, results, target, seen)
     failing = {run_id for ids in checks.values() for run_id in ids}
     return {
@@ -667,7 +718,12 @@ def report(cfg: Config, results: list[RunResult], target: Target, seen: Observed
         "tool_calls_executed": sum(r.server.get("toolCallsExecuted", 0) for r in results),
         "text_events_received": sum(len(r.text) for r in results),
         "healthz_rtt_ms": percentiles(seen.health.rtt),
-        "healthz_errors": seen.health.errors,
+        "phase_ms": {
+            "create_app": percentiles(create_s),
+            "first_event": percentiles([r.first_event_s for r in results if r.first_event_s is not None]),
+            "record_wait": percentiles([r.record_wait_s for r in results if r.record_wait_s is not None]),
+        },
+        "healthz_errors": dict(seen.health.errors),
         "client_requests_retried": dict(RETRIED),
         "server_idle": seen.idle,
         "server_after_warmup": seen.warm,
@@ -689,7 +745,8 @@ def render(rep: dict[str, Any]) -> str:
         f"  by outcome: {rep['by_outcome']}",
         f"  stops accepted {rep['stops_accepted']}, upstream requests {rep['upstream_requests']}, "
         f"tool calls {rep['tool_calls_executed']}",
-        f"  /healthz during load: {rep['healthz_rtt_ms']} ms, {rep['healthz_errors']} errors",
+        f"  phases (ms): {rep['phase_ms']}",
+        f"  /healthz during load: {rep['healthz_rtt_ms']} ms, errors {rep['healthz_errors'] or 0}",
         f"  client requests sent again on a new connection: {rep['client_requests_retried'] or 0}",
         f"  RSS MiB: idle {rss['idle']}, baseline (after warm-up) {rss['baseline']}, peak {rss['peak']}, "
         f"after {rss['after']}",
@@ -738,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     children: list[Child] = []
     try:
         _, sim_url = start_simulator(_PaceOnly(cfg.pace_ms), work, children)  # type: ignore[arg-type]
-        server, token = start_server(sim_url, work, children)
+        server, token = start_server(sim_url, work, children, {"RUNFORGE_FINISHED_RUN_TTL_S": str(FINISHED_RUN_TTL_S)})
         target = Target(server.url, token, sim_url, work / "data", server.pid)
         gc.freeze()  # the client's own set-up is never garbage
         with asyncio.Runner(loop_factory=loop_factory(cfg.asyncio_loop)) as runner:

@@ -260,8 +260,10 @@ class Server:
     pid: int
 
 
-def start_server(sim_url: str, work: Path, children: list[Child]) -> tuple[Server, str]:
-    child = launch("server", SERVE_ARGV, server_env(sim_url, work), work / "server.log", children)
+def start_server(
+    sim_url: str, work: Path, children: list[Child], env: dict[str, str] | None = None
+) -> tuple[Server, str]:
+    child = launch("server", SERVE_ARGV, server_env(sim_url, work) | (env or {}), work / "server.log", children)
     match = wait_for_output(child, r"Login URL: (http://127\.0\.0\.1:\d+)/\?token=(\S+)")
     # The banner is printed before uvicorn accepts connections; the client retries /healthz.
     return Server("server", match[1], child.proc.pid), match[2]
