@@ -35,7 +35,6 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
 # The page's modules are small and change with the server: revalidate rather than cache blind.
 WEB_DIR = Path(__file__).resolve().parent / "web"
 STATIC_CACHE = CacheControlHeader(no_cache=True)
@@ -98,7 +97,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         before_send=[echo_request_id],
-        request_max_body_size=MAX_BODY_BYTES,
+        request_max_body_size=settings.max_body_bytes,
         cors_config=_cors(settings),
         openapi_config=OpenAPIConfig(title="Runforge", version="0.1.0", path="/schema"),
         # Logging is the process's (app/logs.py, set up by the CLI), not reconfigured per app.

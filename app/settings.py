@@ -74,6 +74,10 @@ class Settings:
     simulator_pace_ms: float = 15.0
     # Longest prompt accepted from a user, in characters.
     max_message_chars: int = 20_000
+    # Largest request body, in bytes: every endpoint but /v1/chat/completions, then that one
+    # (it carries whole conversations, sometimes images). Past them: 413.
+    max_body_bytes: int = 1024 * 1024
+    max_chat_body_bytes: int = 8 * 1024 * 1024
     # How long a finished run's events stay in memory for `/runs/{id}/events` replays.
     finished_run_ttl_s: float = 600.0
     # Seconds between SSE keepalive comments.
@@ -146,6 +150,10 @@ class Settings:
             max_steps=_int(get("MAX_STEPS"), "MAX_STEPS", defaults.max_steps, minimum=1),
             simulator_pace_ms=_float(get("SIM_PACE_MS"), "SIM_PACE_MS", defaults.simulator_pace_ms),
             max_message_chars=_int(get("MAX_MESSAGE_CHARS"), "MAX_MESSAGE_CHARS", defaults.max_message_chars),
+            max_body_bytes=_int(get("MAX_BODY_BYTES"), "MAX_BODY_BYTES", defaults.max_body_bytes, minimum=1024),
+            max_chat_body_bytes=_int(
+                get("MAX_CHAT_BODY_BYTES"), "MAX_CHAT_BODY_BYTES", defaults.max_chat_body_bytes, minimum=1024
+            ),
             templates_dir=Path(get("TEMPLATES_DIR") or defaults.templates_dir),
             build=_build_settings(get),
             tool_delay_s=_float(get("TOOL_DELAY_MS"), "TOOL_DELAY_MS", 0.0) / 1000,

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from app.api.sse import parse_last_event_id
-from app.asgi import MAX_BODY_BYTES
 from app.errors import BadRequest
 from app.settings import LLMSettings, Settings
 from tests.support import HANG_TIMEOUT_S, Event, ServerThread, collect, gen_url, open_stream, text_of
@@ -225,7 +224,8 @@ async def world_client(world: World) -> AsyncIterator[httpx.AsyncClient]:
 JSON = {"content-type": "application/json"}
 GEN = "/app/chat/gen/code"
 TOO_LONG = "x" * (Settings().max_message_chars + 1)
-OVER_BODY_LIMIT = b'{"name": "' + b"x" * MAX_BODY_BYTES + b'"}'
+DEFAULT_MAX_BODY_BYTES = Settings().max_body_bytes
+OVER_BODY_LIMIT = b'{"name": "' + b"x" * DEFAULT_MAX_BODY_BYTES + b'"}'
 
 # (method, path, request kwargs, status, error code). {app}, {foreign}, {run} are filled in.
 BAD_INPUT = [
@@ -323,7 +323,7 @@ BAD_INPUT = [
     pytest.param(
         "POST",
         GEN,
-        {"content": b'{"appId": "x", "message": "' + b"x" * MAX_BODY_BYTES + b'"}', "headers": JSON},
+        {"content": b'{"appId": "x", "message": "' + b"x" * DEFAULT_MAX_BODY_BYTES + b'"}', "headers": JSON},
         413,
         "too_large",
         id="post-body-too-large",

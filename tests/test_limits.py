@@ -139,6 +139,25 @@ async def test_the_openai_endpoint_answers_429_in_openais_shape_with_retry_after
         await client.close()
 
 
+async def test_body_size_limits_are_configurable(settings: Settings) -> None:
+    small = dataclasses.replace(settings, max_body_bytes=4096, max_chat_body_bytes=8192)
+    thread = ServerThread(small).start()
+    try:
+        token = thread.add_user("carol")
+        async with httpx.AsyncClient(base_url=thread.url, headers={"Authorization": f"Bearer {token}"}) as http:
+            fits = await http.post("/apps", json={"name": "x" * 100, "codeGenType": "html"})
+            over = await http.post("/apps", json={"name": "x" * 5000, "codeGenType": "html"})
+            messages = [{"role": "user", "content": "x" * 9000}]
+            chat = await http.post("/v1/chat/completions", json={"model": "m", "messages": messages})
+            assert (await http.get("/healthz")).status_code == 200
+    finally:
+        thread.stop()
+    assert fits.status_code == 201, fits.text
+    assert (over.status_code, over.json()["error"]) == (413, "too_large")
+    assert chat.status_code == 413, chat.text
+    assert chat.json()["error"]["type"] == "invalid_request_error"
+
+
 async def test_cors_is_off_unless_origins_are_configured(settings: Settings) -> None:
     preflight = {"Origin": "https://ide.example", "Access-Control-Request-Method": "POST"}
     for origins, allowed in (((), False), (("https://ide.example",), True)):

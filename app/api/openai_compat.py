@@ -34,9 +34,6 @@ from app.proxy.errors import openai_error, upstream_failure
 from app.services import Services
 from app.store.models import User
 
-# Chat requests carry whole conversations (and sometimes images): larger than other bodies.
-MAX_CHAT_BODY_BYTES = 8 * 1024 * 1024
-
 
 class InterruptRequest(msgspec.Struct):
     requestId: str | None = None
@@ -77,8 +74,8 @@ async def _receive(services: Services, scope: Scope, receive: Receive) -> tuple[
     if scope.get("method") != "POST":
         raise MethodNotAllowed("use POST /v1/chat/completions")
     user = await _authenticate(services, scope)
-    raw = await _read_body(receive)
     settings = services.settings
+    raw = await _read_body(receive, settings.max_chat_body_bytes)
     request = parse_proxy_request(raw, _header(scope, b"x-request-id"), settings.llm.model, settings.max_message_chars)
     return user, request
 
@@ -112,7 +109,7 @@ async def _authenticate(services: Services, scope: Scope) -> User:
     return user
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -121,8 +118,8 @@ async def _read_body(receive: Receive) -> bytes:
             raise BadRequest("the client left before sending its whole request", code="client_disconnect")
         chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
         size += len(chunk)
-        if size > MAX_CHAT_BODY_BYTES:
-            raise PayloadTooLarge(f"the request body is larger than {MAX_CHAT_BODY_BYTES} bytes")
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
