@@ -241,10 +241,9 @@ class Site:
     outside: Path
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    base = tmp_path_factory.mktemp("escapes")
-    settings = Settings(
+def module_settings(base: Path) -> Settings:
+    """A server shared by a module's tests (the per-test conftest fixtures are function-scoped)."""
+    return Settings(
         data_dir=base / "data",
         llm=LLMSettings(max_retries=0, timeout_s=30.0),
         simulator_pace_ms=2.0,
@@ -252,6 +251,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         gc_freeze=False,
         build=BuildSettings(enabled=False),
     )
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("escapes")
+    settings = module_settings(base)
     outside = base / "outside"
     write(outside, {"secret.txt": SECRET, "index.html": f"<p>{SECRET}</p>"})
     server = ServerThread(settings).start()
@@ -605,14 +610,7 @@ class CorpusSite:
 @pytest.fixture(scope="module")
 def corpus_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorpusSite]:
     base = tmp_path_factory.mktemp("corpus")
-    settings = Settings(
-        data_dir=base / "data",
-        llm=LLMSettings(max_retries=0, timeout_s=30.0),
-        simulator_pace_ms=2.0,
-        sse_ping_s=5.0,
-        gc_freeze=False,
-        build=BuildSettings(enabled=False),
-    )
+    settings = module_settings(base)
     server = ServerThread(settings).start()
     try:
         token = server.add_user("alice")
