@@ -236,6 +236,12 @@ BAD_INPUT = [
     pytest.param("POST", "/apps", {"json": {"codeGenType": "cobol"}}, 400, "invalid_request", id="apps-codegentype"),
     pytest.param("POST", "/apps", {"json": {"name": "n" * 201}}, 400, "invalid_name", id="apps-long-name"),
     pytest.param("POST", "/apps", {"json": {"name": "  "}}, 400, "invalid_name", id="apps-blank-name"),
+    # NUL: PostgreSQL's text type refuses it, so an id with one is found nowhere (prompts drop it)
+    pytest.param("GET", GEN, {"params": {"appId": "a\x00b", "message": "hi"}}, 404, "app_not_found", id="get-nul-app"),
+    pytest.param(
+        "GET", GEN, {"params": {"appId": "{app}", "message": "\x00 "}}, 400, "empty_message", id="get-nul-only"
+    ),
+    pytest.param("GET", "/apps/a%00b", {}, 404, "app_not_found", id="app-nul-id"),
     pytest.param(
         "POST", "/apps", {"content": OVER_BODY_LIMIT, "headers": JSON}, 413, "too_large", id="apps-body-too-large"
     ),
@@ -407,6 +413,18 @@ async def test_bad_input_gets_a_json_4xx_and_the_server_stays_healthy(
     assert (await world_client.get("/healthz")).status_code == 200
     # Nothing was started by a rejected gen request.
     assert world.server.services.manager.active_count == 0
+
+
+async def test_nul_characters_are_dropped_from_names_and_prompts(client: httpx.AsyncClient) -> None:
+    """PostgreSQL's text type refuses NUL (test-pg runs this on it): stored text goes without."""
+    created = await client.post("/apps", json={"name": "a\x00b", "initPrompt": "x\x00y", "codeGenType": "html"})
+    assert created.status_code == 201, created.text
+    app_id = created.json()["id"]
+    assert (await client.get(f"/apps/{app_id}")).json()["name"] == "ab"
+    seen = await run_to_end(client, gen_url(app_id, "a page\x00 [sim:long_text tokens=3]"))
+    assert seen[-1].event == "done", seen[-1]
+    [user_turn, _] = (await client.get(f"/apps/{app_id}/messages")).json()
+    assert user_turn["content"] == "a page [sim:long_text tokens=3]"
 
 
 @pytest.mark.parametrize("path", ["../x", "a/../../x", "./../x", "x/..", ".."])

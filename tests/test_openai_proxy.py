@@ -87,6 +87,20 @@ async def test_non_streaming_completion_is_whole_and_recorded(
     assert "messageId" not in record.fields
 
 
+async def test_a_nul_in_the_prompt_is_relayed_and_kept_out_of_the_record(
+    oai: openai.AsyncOpenAI, client: httpx.AsyncClient
+) -> None:
+    """PostgreSQL's text type refuses NUL: the run's summary drops it; the upstream gets it as sent."""
+    completion = await oai.chat.completions.create(
+        model="runforge-sim", messages=user("a\x00b [sim:long_text tokens=3]"), extra_body={"requestId": "nul-1"}
+    )
+    assert completion.choices[0].finish_reason == "stop"
+    run = await wait_for_status(client, "nul-1", "completed")
+    assert "\x00" not in json.dumps(run)
+    with pytest.raises(openai.BadRequestError):
+        await oai.chat.completions.create(model="m\x00", messages=user("hi"))
+
+
 async def test_stream_is_relayed_chunk_for_chunk(client: httpx.AsyncClient, server: ServerThread) -> None:
     body = {"model": "runforge-sim", "messages": user("[sim:long_text tokens=6]"), "stream": True}
     response, events = await raw_stream(client, {**body, "messageId": "relay-1"})

@@ -12,7 +12,7 @@ from litestar import Controller, delete, get, post
 from litestar.params import FromPath, PathParameter
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
-from app.api.deps import CurrentUser, ServicesDep, owned_app
+from app.api.deps import CurrentUser, ServicesDep, owned_app, without_nul
 from app.api.openapi import (
     APP_ERRORS,
     MAX_MESSAGE_CHARS,
@@ -49,15 +49,16 @@ class AppsController(Controller):
 
     @post("/", responses={201: response("The app", CreatedAppView), **error_responses(400, 401, 413)})
     async def create(self, data: ClosedJSONBody[CreateApp], services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
-        name = (data.name or (data.initPrompt or "").strip()[:60] or "Untitled app").strip()
+        name, prompt = without_nul(data.name), without_nul(data.initPrompt)
+        name = (name or (prompt or "").strip()[:60] or "Untitled app").strip()
         if not name or len(name) > MAX_NAME_CHARS:
             raise BadRequest(f"name must be 1-{MAX_NAME_CHARS} characters", code="invalid_name")
-        if data.initPrompt is not None and len(data.initPrompt) > services.settings.max_message_chars:
+        if prompt is not None and len(prompt) > services.settings.max_message_chars:
             raise PayloadTooLarge(
                 f"initPrompt is longer than {services.settings.max_message_chars} characters", code="message_too_large"
             )
-        chosen, rule = choose_code_gen_type(services, data.codeGenType, data.initPrompt or name)
-        app = await services.apps.create(user.id, name, chosen, data.initPrompt)
+        chosen, rule = choose_code_gen_type(services, data.codeGenType, prompt or name)
+        app = await services.apps.create(user.id, name, chosen, prompt)
         return {**(await _views(services, [app]))[0], "codeGenTypeRule": rule}
 
     @get("/", responses={200: response("The user's apps", list[AppView]), **error_responses(401)})

@@ -11,7 +11,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app
+from app.api.deps import CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app, without_nul
 from app.api.openapi import (
     APP_ERRORS,
     MAX_MESSAGE_CHARS,
@@ -114,7 +114,7 @@ async def start_run(
 async def start_code_run(services: Services, user: User, gen: GenRequest, run_id: str) -> Run:
     """Validate a generation request and start its run (shared by SSE and the WebSocket)."""
     services.limits.take_start(user.id)
-    message = gen.message.strip()
+    message = without_nul(gen.message).strip()
     if not message:
         raise BadRequest("message must not be empty", code="empty_message")
     if len(message) > services.settings.max_message_chars:

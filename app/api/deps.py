@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -42,6 +42,16 @@ async def provide_user(request: Request[Any, Any, Any], services: ServicesDep) -
     if user is None:
         raise Unauthorized("the token is not valid", code="invalid_token")
     return user
+
+
+@overload
+def without_nul(text: str) -> str: ...
+@overload
+def without_nul(text: None) -> None: ...
+def without_nul(text: str | None) -> str | None:
+    """User text as it is stored: without NUL characters, which PostgreSQL's text type refuses
+    and which mean nothing in a prompt or a name (as surrounding whitespace, they are dropped)."""
+    return text.replace("\x00", "") if text is not None else None
 
 
 async def owned_app(services: Services, user: User, app_id: str) -> App:

@@ -39,8 +39,8 @@ def parse_proxy_request(raw: bytes, header_id: str | None, default_model: str, s
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise BadRequest("'messages' must be a non-empty list of message objects", code="invalid_messages")
     model = body.get("model", default_model)
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' must be a non-empty string", code="invalid_model")
+    if not isinstance(model, str) or not model or "\x00" in model:
+        raise BadRequest("'model' must be a non-empty string (without NUL)", code="invalid_model")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", code="invalid_stream")
@@ -57,7 +57,8 @@ def parse_proxy_request(raw: bytes, header_id: str | None, default_model: str, s
         upstream_body=_encoder.encode(upstream),
         # The body's size stands in for the messages' (re-encoding them costs a copy per request).
         prompt_chars=len(raw),
-        summary=_last_user_text(messages)[:summary_chars],
+        # Recorded on the run: without NULs, which PostgreSQL's text type refuses.
+        summary=_last_user_text(messages).replace("\x00", "")[:summary_chars],
     )
 
 

@@ -34,6 +34,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def storable_key(key: str) -> bool:
+    """False for an id no row can have: one with a NUL, which PostgreSQL's text type refuses (the
+    lookup would fail, not find nothing). Ids come from users and models; the answer is "none"."""
+    return "\x00" not in key
+
+
 class Users:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -74,6 +80,8 @@ class Apps:
         return app
 
     async def get(self, app_id: str) -> App | None:
+        if not storable_key(app_id):
+            return None
         async with self._db.read() as s:
             return await s.get(App, app_id)
 
@@ -123,6 +131,8 @@ class Runs:
         self._exclusive_apps = exclusive_apps
 
     async def get(self, run_id: str) -> Run | None:
+        if not storable_key(run_id):
+            return None
         async with self._db.read() as s:
             return await s.get(Run, run_id)
 
