@@ -94,6 +94,12 @@ def test_soak_checks_flag_a_broken_promise(soak_module: ModuleType, breakage: An
     assert check in soak_module.run_failures(run)
 
 
+def test_soak_allows_a_cut_writes_temp_file_to_go_after_the_stop(soak_module: ModuleType) -> None:
+    run = _clean_stopped_run(soak_module)
+    run.snap_terminal = {**run.snap_after, ".file_2.txt.7afba8f8a6fb09c9.tmp": (0, 3)}  # seen in CI
+    assert soak_module.run_failures(run) == []
+
+
 def test_soak_flags_an_upstream_request_after_the_stop(soak_module: ModuleType) -> None:
     run = _clean_stopped_run(soak_module)
     run.stop_sent_mono, run.stop_sent_wall = 100.0, 1_800_000_000.0
