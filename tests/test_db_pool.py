@@ -1,5 +1,6 @@
 """The PostgreSQL pool: a connection is pinged before use only after sitting idle, and one that
-the server cut meanwhile is replaced instead of failing the request (real PostgreSQL)."""
+the server cut meanwhile is replaced instead of failing the request (real PostgreSQL). Also what
+PostgreSQL refuses that SQLite takes: NUL in text."""
 
 from __future__ import annotations
 
@@ -70,3 +71,38 @@ async def test_a_connection_cut_while_idle_in_the_pool_is_replaced_before_use(
         await admin.dispose()
     assert await backend_pid(pg) != cut  # no error: the ping failed, the pool made a new one
     assert pings == [1]
+
+
+async def test_free_text_with_nul_is_stored_without_it(pg: Database) -> None:
+    """PostgreSQL's text type refuses NUL: a model's answer or a provider's error message with
+    one is saved without it (app/store/models.py NulFreeText), by the repo's own statements."""
+    from sqlalchemy import select
+
+    from app.store import repo
+    from app.store.models import App, ChatMessage, Run, User
+
+    await pg.create_schema()
+    async with pg.session() as s:
+        for row in (
+            User(id="u1", name="u1", token_hash="h" * 64),
+            App(id="a1", owner_id="u1", name="app", code_gen_type="html"),
+        ):
+            s.add(row)
+            await s.flush()  # no relationships: the unit of work does not order the inserts
+        s.add(Run(id="r1", app_id="a1", user_id="u1", message="hi\x00", status="running"))
+    outcome = {f"new_{name}": None for name in repo._OUTCOME_FIELDS} | {
+        "run_id": "r1",
+        "new_status": "failed",
+        "new_error_code": "upstream_error",
+        "new_error_message": "bad\x00gateway",
+        **{f"new_{name}": 0 for name in ("steps", "tool_calls_executed", "tool_calls_skipped", "last_seq")},
+        "new_rolled_back": False,
+    }
+    async with pg.write() as conn:
+        await conn.execute(repo._RECORD_OUTCOME, outcome)
+        await conn.execute(repo._INSERT_MESSAGES, [{"app_id": "a1", "run_id": "r1", "role": "ai", "content": "a\x00b"}])
+    async with pg.read() as s:
+        run = await s.get(Run, "r1")
+        assert run is not None
+        assert (run.message, run.error_message) == ("hi", "badgateway")
+        assert (await s.scalars(select(ChatMessage.content))).all() == ["ab"]

@@ -57,8 +57,7 @@ def parse_proxy_request(raw: bytes, header_id: str | None, default_model: str, s
         upstream_body=_encoder.encode(upstream),
         # The body's size stands in for the messages' (re-encoding them costs a copy per request).
         prompt_chars=len(raw),
-        # Recorded on the run: without NULs, which PostgreSQL's text type refuses.
-        summary=_last_user_text(messages).replace("\x00", "")[:summary_chars],
+        summary=_last_user_text(messages)[:summary_chars],  # the run's message (NULs dropped there)
     )
 
 

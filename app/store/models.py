@@ -30,6 +30,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+class NulFreeText(TypeDecorator[str]):
+    """Free text (prompts, answers, error messages) without NUL characters, which PostgreSQL's
+    text type refuses: a model's answer or a provider's error with one must still be saved."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else value.replace("\x00", "")
+
+
 class Base(DeclarativeBase):
     type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime}  # noqa: RUF012 - SQLAlchemy's API
 
@@ -51,7 +62,7 @@ class App(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     code_gen_type: Mapped[str] = mapped_column(String(32))
-    init_prompt: Mapped[str | None] = mapped_column(Text)
+    init_prompt: Mapped[str | None] = mapped_column(NulFreeText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -64,7 +75,7 @@ class ChatMessage(Base):
     app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"))
     run_id: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))  # "user" | "ai"
-    content: Mapped[str] = mapped_column(Text)
+    content: Mapped[str] = mapped_column(NulFreeText)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -77,7 +88,7 @@ class Run(Base):
     kind: Mapped[str] = mapped_column(String(8), default="code", server_default="code")
     app_id: Mapped[str | None] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    message: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(NulFreeText)
     # queued | running | completed | interrupted | failed
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -87,7 +98,7 @@ class Run(Base):
     stop_reason: Mapped[str | None] = mapped_column(String(32))
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     error_code: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(NulFreeText)
     steps: Mapped[int] = mapped_column(default=0)
     tool_calls_executed: Mapped[int] = mapped_column(default=0)
     tool_calls_skipped: Mapped[int] = mapped_column(default=0)
