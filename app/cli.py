@@ -15,8 +15,10 @@ import uvicorn
 
 from app.logs import configure_logging
 from app.presets.commands import check_templates, list_templates, match_template
+from app.sandbox import banner_line
 from app.settings import ENV_PREFIX, Settings, SettingsError
 from app.store.db import Database
+from app.store.private import make_private_dir
 from app.store.repo import Users, hash_token
 
 LOCAL_USER = "local"
@@ -248,6 +250,7 @@ def _serve_workers(workers: int, sock: socket.socket, *, access_log: bool, timeo
 
 async def _bootstrap_local_user(settings: Settings) -> str | None:
     """First start: create the `local` user. Returns the local login token if we have it."""
+    await asyncio.to_thread(make_private_dir, settings.data_dir)
     db = Database(settings.resolved_database_url)
     try:
         await db.create_schema()
@@ -291,6 +294,8 @@ def _print_banner(settings: Settings, port: int, token: str | None, workers: int
         f"OpenAI-compatible API: {url}/v1 (API key: a Runforge token)",
         f"Data: {settings.data_dir.resolve()}",
     ]
+    if settings.build.enabled:
+        lines.append(banner_line(settings.build.sandbox))
     if workers > 1:
         lines.append(f"Workers: {workers} (broker {_redact_url(str(settings.cluster.broker_url))})")
     if token:

@@ -7,6 +7,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -20,9 +21,11 @@ from app.llm.client import LLMClient
 from app.llm.simulator import SimulatorConfig, SimulatorServer
 from app.metrics import Metrics
 from app.presets import Catalog, load_catalog
+from app.sandbox import UNCONFINED_WARNING, describe_sandbox, sandbox_for
 from app.settings import Settings
 from app.store.db import Database
 from app.store.models import User
+from app.store.private import make_private_dir
 from app.store.repo import Apps, Runs, Users, Workers, hash_token
 from app.workspace.preview_links import PreviewLinks
 
@@ -57,6 +60,7 @@ class Services:
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
+        await asyncio.to_thread(make_private_dir, settings.data_dir)
         db = Database(settings.resolved_database_url)
         await db.create_schema()
         worker_id = settings.cluster.worker_id or new_worker_id()
@@ -95,6 +99,7 @@ class Services:
         if cluster is not None:
             await cluster.start(manager)
         await asyncio.to_thread(settings.workspaces_dir.mkdir, parents=True, exist_ok=True)
+        await _check_sandbox(settings)
         return cls(
             settings,
             db,
@@ -122,6 +127,10 @@ class Services:
         if self.simulator is not None:
             await asyncio.to_thread(self.simulator.stop)
         await self.db.dispose()
+
+    def sandbox_report(self) -> dict[str, Any]:
+        """What confines builds here, for /readyz: the kind, whether it works, how each limit holds."""
+        return describe_sandbox(self.settings.build.sandbox)
 
     def workspace(self, app_id: str) -> Path:
         return self.settings.workspaces_dir / app_id
@@ -163,3 +172,14 @@ async def _start_simulator(settings: Settings) -> SimulatorServer:
     server = SimulatorServer(SimulatorConfig(pace_ms=settings.simulator_pace_ms, model=settings.llm.model))
     await asyncio.to_thread(server.start)
     return server
+
+
+async def _check_sandbox(settings: Settings) -> None:
+    """Probe the build sandbox once, at start, and say loudly if builds will not be confined."""
+    sandbox = await asyncio.to_thread(sandbox_for, settings.build.sandbox)
+    if not settings.build.enabled:
+        return
+    if sandbox.name == "none":
+        log.warning("%s", UNCONFINED_WARNING)
+    elif sandbox.problem() is not None:
+        log.error("builds will fail (sandbox_unavailable): %s", sandbox.problem())

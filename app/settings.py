@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from app.build import BuildSettings
 from app.logs import LOG_FORMATS
+from app.sandbox import SANDBOX_KINDS, SandboxLimits, SandboxSettings
 
 ENV_PREFIX = "RUNFORGE_"
 # The presets shipped with the repository (app/settings.py -> repo root / templates).
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
+_MIB = 1024 * 1024
 
 
 class SettingsError(ValueError):
@@ -187,7 +189,7 @@ def _origins(value: str | None) -> tuple[str, ...]:
     return origins
 
 
-def _choice(value: str | None, name: str, choices: tuple[str, ...], default: str) -> str:
+def _choice(value: str | None, name: str, choices: Sequence[str], default: str) -> str:
     if value is None:
         return default
     if value not in choices:
@@ -225,11 +227,46 @@ def _build_settings(get: Callable[[str], str | None]) -> BuildSettings:
     enabled = get("BUILD")
     if enabled not in (None, "0", "1"):
         raise SettingsError(f"{ENV_PREFIX}BUILD must be 0 or 1, got {enabled!r}")
+    npm_cache = get("NPM_CACHE")
     return BuildSettings(
         enabled=enabled != "0",
         npm=get("NPM") or defaults.npm,
         install_timeout_s=_float(get("INSTALL_TIMEOUT_S"), "INSTALL_TIMEOUT_S", defaults.install_timeout_s),
         build_timeout_s=_float(get("BUILD_TIMEOUT_S"), "BUILD_TIMEOUT_S", defaults.build_timeout_s),
+        sandbox=_sandbox_settings(get),
+        npm_cache=Path(npm_cache) if npm_cache else None,
+    )
+
+
+def _sandbox_settings(get: Callable[[str], str | None]) -> SandboxSettings:
+    defaults = SandboxSettings()
+    kind = _choice(get("BUILD_SANDBOX"), "BUILD_SANDBOX", SANDBOX_KINDS, defaults.kind)
+    paths = tuple(path for path in (get("SANDBOX_RO_PATHS") or "").split(":") if path)
+    for path in paths:
+        if not path.startswith("/"):
+            raise SettingsError(f"{ENV_PREFIX}SANDBOX_RO_PATHS: {path!r} is not an absolute path")
+    return SandboxSettings(
+        kind=kind,  # type: ignore[arg-type]  # checked against SANDBOX_KINDS
+        bwrap=get("BWRAP") or defaults.bwrap,
+        limits=_sandbox_limits(get),
+        cgroup=get("BUILD_CGROUP") or defaults.cgroup,
+        runtime_paths=paths,
+    )
+
+
+def _sandbox_limits(get: Callable[[str], str | None]) -> SandboxLimits:
+    defaults = SandboxLimits()
+
+    def mib(name: str, default: int) -> int:
+        return _int(get(name), name, default // _MIB) * _MIB
+
+    return SandboxLimits(
+        cpu_s=_int(get("BUILD_CPU_S"), "BUILD_CPU_S", defaults.cpu_s),
+        memory_bytes=mib("BUILD_MEMORY_MB", defaults.memory_bytes),
+        processes=_int(get("BUILD_MAX_PROCS"), "BUILD_MAX_PROCS", defaults.processes),
+        file_bytes=mib("BUILD_MAX_FILE_MB", defaults.file_bytes),
+        write_bytes=mib("BUILD_MAX_WRITE_MB", defaults.write_bytes),
+        tmp_bytes=mib("BUILD_TMP_MB", defaults.tmp_bytes),
     )
 
 

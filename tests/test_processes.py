@@ -172,7 +172,7 @@ async def test_sigterm_during_a_build_kills_it_and_exits(spawn: Spawn, tmp_path:
     async with asyncio.timeout(EXIT_TIMEOUT_S):
         returncode = await serve.child.proc.wait()
     assert returncode in (0, -signal.SIGTERM), serve.child.stderr()
-    assert proc_state(group.sid) is None  # npm was killed and reaped before the server exited
+    assert proc_state(group.leader) is None  # npm was killed and reaped before the server exited
     await assert_all_dead(set(group.members))
     assert not (workspace / "dist").exists()
     assert temp_build_dirs(workspace) == []

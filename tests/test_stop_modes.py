@@ -27,7 +27,15 @@ from app.control.cancel import StopGate
 from app.control.events import BuildEvent
 from app.llm.simulator import SCENARIOS, Params, Turn
 from app.settings import Settings
-from tests.process_kit import assert_all_dead, is_alive, no_process_left, proc_state, session_members
+from tests.process_kit import (
+    assert_all_dead,
+    is_alive,
+    no_process_left,
+    outer_leader,
+    proc_state,
+    sandboxed_pid_map,
+    session_members,
+)
 from tests.support import HANG_TIMEOUT_S, Event, ServerThread, collect, gen_url, open_stream, wait_for_status
 
 TOOL_DELAY_S = 0.5  # every tool call takes this long on the `slow` server: a stop lands inside one
@@ -133,22 +141,27 @@ async def finished(site: Site, run_id: str, status: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BuildGroup:
-    """A hanging build's processes: npm (the session leader), the script and its two grandchildren."""
+    """A hanging build's processes: its leader (the sandbox the server spawned, or npm when
+    unconfined), npm's session, the script and its two grandchildren."""
 
-    sid: int
+    leader: int
     members: frozenset[int]
 
 
 def hanging_group(workspace: Path) -> BuildGroup:
     pids = json.loads((workspace / "pids.json").read_text())
-    script_pids = {pids["script"], *pids["children"]}
-    state = proc_state(pids["script"])
+    inner = {pids["script"], *pids["children"]}  # as the script knows them: its PID namespace's
+    ours = sandboxed_pid_map(inner) or {pid: pid for pid in inner}  # none in a namespace: unconfined
+    assert set(ours) == inner, f"the build script and its children are not all running: {ours}"
+    script, script_pids = ours[pids["script"]], set(ours.values())
+    state = proc_state(script)
     assert state is not None, "the build script is not running"
     sid = state[1]
     assert sid != os.getsid(0)  # npm leads a session of its own
     members = session_members(sid)
     assert {sid, *script_pids} <= members  # npm, the shell's exec, the script and both grandchildren
-    return BuildGroup(sid, frozenset(members))
+    leader = outer_leader(script)
+    return BuildGroup(leader, frozenset(members | {leader}))
 
 
 # -- build projects ----------------------------------------------------------------------
@@ -189,9 +202,8 @@ if (fs.existsSync('hang.flag')) {
 }
 """
 
-# Any npm process leaves a marker: install (preinstall runs for the root project) or build.
+# Any npm process leaves a mark: the install its package-lock.json (it runs no scripts), the build this.
 MARKING_BUILD = "require('fs').writeFileSync('build.marker', 'npm run build ran');\n"
-MARK_INSTALL = "node -e \"require('fs').writeFileSync('install.marker', 'npm install ran')\""
 
 
 def prepare_project(workspace: Path, build_js: str, **scripts: str) -> None:
@@ -584,7 +596,7 @@ async def test_stop_during_the_build_kills_its_whole_process_group(builds: Site,
         assert response.status_code == 200
         assert response.json() == {"runId": run_id, "status": "interrupted", "mode": "rollback", "rolledBack": True}
         # The restore came after the build was dead: npm is reaped already.
-        assert proc_state(group.sid) is None
+        assert proc_state(group.leader) is None
         kept = {k: v for k, v in files_in(builds.workspace).items() if not k.startswith("node_modules/")}
         assert kept == before
     else:
@@ -592,7 +604,7 @@ async def test_stop_during_the_build_kills_its_whole_process_group(builds: Site,
         assert response.json() == {"runId": run_id, "status": "stopping", "mode": mode}
         assert (builds.workspace / "index.html").is_file()  # the agent's file stays (not rolled back)
     row = await finished(builds, run_id, "interrupted")
-    assert proc_state(group.sid) is None  # npm was killed and reaped before the run ended
+    assert proc_state(group.leader) is None  # npm was killed and reaped before the run ended
     await assert_all_dead(set(group.members))
     assert row["stopReason"] == "user_stop"
     assert not (builds.workspace / "dist").exists()
@@ -602,7 +614,7 @@ async def test_stop_during_the_build_kills_its_whole_process_group(builds: Site,
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_stopped_run_never_builds(builds: Site, mode: str) -> None:
-    prepare_project(builds.workspace, MARKING_BUILD, preinstall=MARK_INSTALL)
+    prepare_project(builds.workspace, MARKING_BUILD)
     run_id = f"r-no-build-{mode}"
     url = gen_url(builds.app_id, "files [sim:tools_midstream files=5 pace=5]", runId=run_id)
     async with open_stream(builds.client, "GET", url) as (_, events):
@@ -614,8 +626,8 @@ async def test_a_stopped_run_never_builds(builds: Site, mode: str) -> None:
     assert seen[-1].data == {"reason": "user_stop", "mode": mode, "runId": run_id}
     assert "build" not in named(seen)
     await finished(builds, run_id, "interrupted")
-    # No npm process ever started: neither the install's nor the build's marker, no lock file.
-    for name in ("install.marker", "build.marker", "package-lock.json", "node_modules", "dist"):
+    # No npm process ever started: no lock file, no build marker.
+    for name in ("build.marker", "package-lock.json", "node_modules", "dist"):
         assert not (builds.workspace / name).exists(), name
     assert temp_build_dirs(builds.workspace) == []
 
@@ -624,7 +636,7 @@ async def test_after_step_during_the_exit_tool_never_builds(settings: Settings) 
     """The last tool call before a build is `exit`: an after_step stop that waits for it must
     still end the run there, not let it go on into the build."""
     async with open_site(settings.with_overrides(build=BUILDS, tool_delay_s=TOOL_DELAY_S)) as site:
-        prepare_project(site.workspace, MARKING_BUILD, preinstall=MARK_INSTALL)
+        prepare_project(site.workspace, MARKING_BUILD)
         run_id = "r-exit-after-step"
         url = gen_url(site.app_id, "a page [sim:exit_tool]", runId=run_id)
         async with open_stream(site.client, "GET", url) as (_, events):
@@ -640,7 +652,7 @@ async def test_after_step_during_the_exit_tool_never_builds(settings: Settings) 
         row = await finished(site, run_id, "interrupted")
         assert row["toolCallsExecuted"] == 2  # index.html, then exit
         assert (site.workspace / "index.html").is_file()
-        for name in ("install.marker", "build.marker", "package-lock.json", "node_modules", "dist"):
+        for name in ("build.marker", "package-lock.json", "node_modules", "dist"):
             assert not (site.workspace / name).exists(), name
         assert [c["kind"] for c in await checkpoints_of(site.client, site.app_id, run_id)] == ["baseline"]
 
@@ -659,7 +671,7 @@ async def test_superseding_a_building_run_kills_its_build_first(builds: Site) ->
             opening = await collect(new_events, until=lambda e: e.event == "run")
             # The new run's stream has started: the old build must be gone already.
             alive_at_start = sorted(pid for pid in group.members if is_alive(pid))
-            npm_at_start = proc_state(group.sid)
+            npm_at_start = proc_state(group.leader)
             old_rest = await collect(old_events)
             new_all = opening + await collect(new_events)
 

@@ -94,7 +94,9 @@ async def readyz(services: ServicesDep) -> Response[dict[str, Any]]:
         checks["broker"] = await _within(services.cluster.broker_reachable())
     checks["accepting"] = not services.manager.closing
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    # Not a check: a server whose builds cannot be sandboxed still serves everything else, and a
+    # build then fails sandbox_unavailable. Reported so that an operator sees it (and `none`) here.
+    body = {"status": "ready" if ready else "unavailable", "checks": checks, "sandbox": services.sandbox_report()}
     return Response(body, status_code=HTTP_200_OK if ready else HTTP_503_SERVICE_UNAVAILABLE)
 
 

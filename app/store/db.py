@@ -26,6 +26,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from app.store.private import make_private_file
+
 if TYPE_CHECKING:
     from app.store.schema import SchemaChange, SchemaState
 
@@ -81,7 +83,7 @@ class Database:
         if self.is_sqlite:
             database = make_url(self.url).database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(_make_private_database, Path(database))
         for attempt in range(SCHEMA_ATTEMPTS):
             try:
                 async with self.engine.begin() as conn:
@@ -202,3 +204,8 @@ def _install_sqlite_recipe(engine: AsyncEngine) -> None:
     def _on_begin(conn: Any) -> None:
         read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _make_private_database(database: Path) -> None:
+    database.parent.mkdir(parents=True, exist_ok=True)
+    make_private_file(database)
