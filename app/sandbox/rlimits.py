@@ -14,6 +14,7 @@ import re
 from app.sandbox.settings import SandboxLimits
 
 PRLIMIT = "prlimit"
+_CPU_GRACE_S = 5
 
 # What a process killed by a limit leaves in the step's output, by limit.
 _MARKS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -25,10 +26,13 @@ _MARKS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 def prlimit_argv(limits: SandboxLimits, *, processes: bool) -> list[str]:
-    """``prlimit --... --``: each limit as both soft and hard, so the step cannot raise it again."""
+    """``prlimit --... --``: each limit as both soft and hard, so the step cannot raise it again
+    (CPU time excepted: its hard limit is a few seconds above, see below)."""
     options = ["--core=0"]  # no core dumps written into the workspace
     if limits.cpu_s:
-        options.append(f"--cpu={limits.cpu_s}")
+        # soft:hard. SIGXCPU at the soft limit names the cause in the output; SIGKILL at the hard
+        # one ends a process that ignores it.
+        options.append(f"--cpu={limits.cpu_s}:{limits.cpu_s + _CPU_GRACE_S}")
     if limits.memory_bytes:
         options.append(f"--data={limits.memory_bytes}")
     if limits.file_bytes:
