@@ -96,7 +96,12 @@ async def test_an_upstream_failure_is_counted_by_its_code(client: httpx.AsyncCli
 async def test_readyz_is_ready_with_its_database(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz", headers={"Authorization": ""})
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": True, "accepting": True}}
+    body = response.json()
+    assert {key: body[key] for key in ("status", "checks")} == {
+        "status": "ready",
+        "checks": {"database": True, "accepting": True},
+    }
+    assert (body["sandbox"]["kind"], body["sandbox"]["available"]) == ("bubblewrap", True)
 
 
 async def test_readyz_is_503_naming_the_database_when_it_is_gone(settings: Settings, pg_database_url: str) -> None:
@@ -113,7 +118,8 @@ async def test_readyz_is_503_naming_the_database_when_it_is_gone(settings: Setti
                 await admin.dispose()
             response = await http.get("/readyz")
             assert response.status_code == 503
-            assert response.json() == {"status": "unavailable", "checks": {"database": False, "accepting": True}}
+            body = response.json()
+            assert (body["status"], body["checks"]) == ("unavailable", {"database": False, "accepting": True})
             assert (await http.get("/healthz")).status_code == 200  # alive, only not ready
     finally:
         thread.stop()
