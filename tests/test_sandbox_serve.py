@@ -3,14 +3,18 @@ bubblewrap does with a build, and the data directory's permissions (real CLI pro
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cli_kit import ServeProcess, Spawn, cli_children, start_serve
+from tests.cli_kit import EXIT_TIMEOUT_S, ServeProcess, Spawn, cli_children, start_serve
+from tests.process_kit import assert_all_dead, assert_no_sandbox_left, no_process_left
 from tests.support import collect, gen_url, open_stream, wait_for_status
+from tests.test_stop_modes import HANGING_BUILD, hanging_group, is_ready, prepare_project
 
 
 @pytest.fixture
@@ -85,3 +89,29 @@ async def test_without_bubblewrap_builds_refuse_to_run(spawn: Spawn, tmp_path: P
     assert "RUNFORGE_BUILD_SANDBOX=none" in str(sandbox["problem"])
     assert await run_a_build(serve, "r-no-sandbox") == ["failed", "sandbox_unavailable"]
     assert not list((tmp_path / "data" / "workspaces").glob("*/leak-report.json"))  # the script never ran
+
+
+async def test_kill_9_of_the_server_kills_its_sandboxed_build(spawn: Spawn, tmp_path: Path) -> None:
+    """No cleanup code of the server runs after SIGKILL: the sandbox dies with its parent
+    (--die-with-parent), and the kernel kills everything in its PID namespace. Unconfined, the
+    build's process group would outlive the server (the autouse check would find it)."""
+    data_dir = tmp_path / "data"
+    serve = await start_serve(spawn, data_dir)
+    async with serve.client() as http:
+        app_id = (await http.post("/apps", json={"name": "build", "codeGenType": "vue_project"})).json()["id"]
+        workspace = data_dir / "workspaces" / app_id
+        prepare_project(workspace, HANGING_BUILD)
+        (workspace / "hang.flag").write_text("hang")
+        async with open_stream(http, "GET", gen_url(app_id, "a page [sim:exit_tool]", runId="r-kill")) as (_, events):
+            await collect(events, until=is_ready)  # npm run build is running in the sandbox, and hangs
+            group = hanging_group(workspace)
+            serve.child.proc.kill()
+            async with asyncio.timeout(EXIT_TIMEOUT_S):
+                assert await serve.child.proc.wait() == -signal.SIGKILL
+    await assert_all_dead(set(group.members))
+    await assert_no_sandbox_left()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left(tmp_path: Path) -> Iterator[None]:
+    yield from no_process_left(tmp_path)

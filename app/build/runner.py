@@ -356,9 +356,9 @@ async def _confine(command: _Command, workspace: Path, settings: BuildSettings, 
         await to_the_end(_release(making))
         raise
     except (SandboxUnavailable, OSError) as exc:
-        raise _failed(
-            emit, command.step, "sandbox_unavailable", f"cannot sandbox {command.label}: {exc}", None
-        ) from None
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)  # an OSError's str has host paths
+        summary = f"cannot sandbox {command.label}: {reason}"
+        raise _failed(emit, command.step, "sandbox_unavailable", summary, None) from None
 
 
 async def _release(making: asyncio.Future[Jail]) -> None:

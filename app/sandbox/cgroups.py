@@ -23,6 +23,7 @@ from app.sandbox.settings import SandboxLimits
 _V1_ROOT = Path("/sys/fs/cgroup")
 _PREFIX = "runforge-"
 _EMPTY_WITHIN_S = 5.0
+_STALE_AFTER_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,21 +31,25 @@ class CgroupParents:
     """Where step cgroups are made: one directory per controller (v1) or one for both (v2)."""
 
     pids: Path
-    memory: Path
+    memory: Path | None  # v1 without a usable memory hierarchy: processes only
     unified: bool
 
     def new_step(self, limits: SandboxLimits) -> StepCgroup:
         name = f"{_PREFIX}{secrets.token_hex(6)}"
-        dirs = (self.pids / name,) if self.unified else (self.pids / name, self.memory / name)
-        cgroup = StepCgroup(dirs, self.unified)
+        if self.unified:
+            cgroup = StepCgroup(self.pids / name, self.pids / name)
+        else:
+            cgroup = StepCgroup(self.pids / name, self.memory / name if self.memory else None)
         cgroup.create(limits)
         return cgroup
 
 
 class StepCgroup:
-    def __init__(self, dirs: tuple[Path, ...], unified: bool) -> None:
-        self.dirs = dirs
-        self._unified = unified
+    def __init__(self, pids_dir: Path, memory_dir: Path | None) -> None:
+        self._pids_dir = pids_dir
+        self._memory_dir = memory_dir
+        self._unified = pids_dir == memory_dir
+        self.dirs = tuple(dict.fromkeys(path for path in (pids_dir, memory_dir) if path is not None))
 
     def create(self, limits: SandboxLimits) -> None:
         for path in self.dirs:
@@ -55,17 +60,20 @@ class StepCgroup:
             self.close()
             raise
 
+    @property
+    def bounds_memory(self) -> bool:
+        return self._memory_dir is not None
+
     def _write_limits(self, limits: SandboxLimits) -> None:
-        pids_dir, memory_dir = self.dirs[0], self.dirs[-1]
         if limits.processes:
-            (pids_dir / "pids.max").write_text(str(limits.processes))
-        if limits.memory_bytes:
+            (self._pids_dir / "pids.max").write_text(str(limits.processes))
+        if limits.memory_bytes and self._memory_dir is not None:
             name = "memory.max" if self._unified else "memory.limit_in_bytes"
-            (memory_dir / name).write_text(str(limits.memory_bytes))
-        if not self._unified and limits.memory_bytes:
-            # v1 counts swap separately: without this, a step past its limit pages out instead.
-            with contextlib.suppress(OSError):
-                (memory_dir / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_bytes))
+            (self._memory_dir / name).write_text(str(limits.memory_bytes))
+            if not self._unified:
+                # v1 counts swap separately: without this, a step past its limit pages out instead.
+                with contextlib.suppress(OSError):
+                    (self._memory_dir / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_bytes))
 
     def join_argv(self) -> list[str]:
         """A prefix that moves the step's first process into the cgroup, then execs the rest."""
@@ -73,15 +81,13 @@ class StepCgroup:
         return ["/bin/sh", "-c", script, "runforge-cgroup", *(str(path / "cgroup.procs") for path in self.dirs), "--"]
 
     def limit_hit(self) -> str | None:
-        pids_dir, memory_dir = self.dirs[0], self.dirs[-1]
-        if _counter(pids_dir / "pids.events", "max"):
+        if _counter(self._pids_dir / "pids.events", "max"):
             return "processes"
-        if self._unified and _counter(memory_dir / "memory.events", "oom_kill"):
-            return "memory"
+        if self._memory_dir is None:
+            return None
         # v1: oom_kill, not failcnt, which also counts page cache the kernel reclaimed at the limit.
-        if not self._unified and _counter(memory_dir / "memory.oom_control", "oom_kill"):
-            return "memory"
-        return None
+        events = "memory.events" if self._unified else "memory.oom_control"
+        return "memory" if _counter(self._memory_dir / events, "oom_kill") else None
 
     def close(self) -> None:
         """Kill every process left in the cgroup, wait until it is empty, remove it."""
@@ -99,16 +105,18 @@ def find_parents(setting: str) -> CgroupParents | None:
         return None
     if setting != "auto":
         return _usable(CgroupParents(Path(setting), Path(setting), unified=True))
-    return _usable(_v1_parents()) if os.geteuid() == 0 else None
+    if os.geteuid() != 0:
+        return None
+    return _usable(_v1_parents(memory=True)) or _usable(_v1_parents(memory=False))
 
 
-def _v1_parents() -> CgroupParents | None:
+def _v1_parents(*, memory: bool) -> CgroupParents | None:
     own = _own_v1_paths()
-    if "pids" not in own or "memory" not in own:
+    if "pids" not in own or (memory and "memory" not in own):
         return None
     pids = _V1_ROOT / "pids" / own["pids"].lstrip("/")
-    memory = _V1_ROOT / "memory" / own["memory"].lstrip("/")
-    return CgroupParents(pids, memory, unified=False)
+    memory_dir = _V1_ROOT / "memory" / own["memory"].lstrip("/") if memory else None
+    return CgroupParents(pids, memory_dir, unified=False)
 
 
 def _own_v1_paths() -> dict[str, str]:
@@ -131,7 +139,22 @@ def _usable(parents: CgroupParents | None) -> CgroupParents | None:
         parents.new_step(SandboxLimits()).close()
     except OSError:
         return None
+    _sweep(parents)
     return parents
+
+
+def _sweep(parents: CgroupParents) -> None:
+    """Remove step cgroups a killed server left behind (empty, and older than any step in the making).
+
+    rmdir removes only an empty cgroup, so a running step's stays; the age spares one another
+    worker has just made and not yet joined.
+    """
+    cutoff = time.time() - _STALE_AFTER_S
+    for parent in dict.fromkeys(path for path in (parents.pids, parents.memory) if path is not None):
+        for path in parent.glob(f"{_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.rmdir()
 
 
 def _kill_members(path: Path) -> bool:

@@ -36,11 +36,9 @@ def limited(
 
 def enforcement(cgroups: CgroupParents | None, *, tmpfs: bool) -> dict[str, str]:
     """How each limit is enforced, for /readyz and the banner."""
-    if cgroups is not None:
-        processes, memory = "cgroup", "cgroup"
-    else:
-        processes = "rlimit" if nproc_applies() else "none (root without a cgroup)"
-        memory = "rlimit (per process)"
+    without_cgroup = "rlimit" if nproc_applies() else "none (root without a cgroup)"
+    processes = "cgroup" if cgroups is not None else without_cgroup
+    memory = "cgroup" if cgroups is not None and cgroups.memory is not None else "rlimit (per process)"
     return {
         "cpu": "rlimit (per process)",
         "memory": memory,
