@@ -90,6 +90,8 @@ class Bubblewrap:
         args += ["--bind", str(spec.workspace), SANDBOX_WORKSPACE]
         if spec.cache is not None:
             args += ["--bind", str(spec.cache), SANDBOX_CACHE]
+        if ca_file := spec.env.get("NODE_EXTRA_CA_CERTS"):  # the operator's CA, for the install
+            args += ["--ro-bind-try", ca_file, ca_file]
         return [*args, "--chdir", SANDBOX_WORKSPACE]
 
     def _system_mounts(self) -> list[str]:
