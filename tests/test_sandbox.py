@@ -30,8 +30,9 @@ import pytest
 from app.build import BuildFailed, BuildResult, BuildSettings, run_build
 from app.control.cancel import StopGate
 from app.control.events import BuildEvent
+from app.presets import copy_preset, load_catalog
 from app.sandbox import SandboxLimits, SandboxSettings, sandbox_for
-from app.settings import Settings
+from app.settings import DEFAULT_TEMPLATES_DIR, Settings
 from tests.process_kit import assert_no_sandbox_left, is_alive, no_process_left, processes_in, sandboxed_processes
 from tests.support import ServerThread, collect, gen_url, open_stream
 
@@ -87,7 +88,7 @@ def host(tmp_path: Path) -> Iterator[Host]:
     (tmp_path / "server-cwd" / f"{CANARY}.txt").write_text("the server's working directory")
     canary = subprocess.Popen(["sleep", "300"], cwd=tmp_path / "server-cwd", env={"SECRET": CANARY})
     listener = socket.create_server(("127.0.0.1", 0))
-    found = Host(data_dir, workspace, canary, listener, data_dir / "escaped.txt", Path(f"/tmp/{CANARY}-{os.getpid()}"))
+    found = Host(data_dir, workspace, canary, listener, tmp_path / "outside.txt", Path(f"/tmp/{CANARY}-{os.getpid()}"))
     targets = {
         "database": str(data_dir / "runforge.db"),
         "previewKey": str(data_dir / "preview-key"),
@@ -108,7 +109,7 @@ def host(tmp_path: Path) -> Iterator[Host]:
         canary.wait()
         listener.close()
         for path in written_outside(found):  # only ever there when the sandbox failed (or SANDBOX_OFF)
-            path.unlink()
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)
@@ -137,8 +138,8 @@ async def build_fails(host: Host, attack: str) -> BuildFailed:
 
 
 def written_outside(host: Host) -> list[Path]:
-    planted = [host.outside_file, host.host_tmp_file, host.data_dir / "escaped.txt", Path("/usr/escaped.txt")]
-    return [path for path in planted if path.exists()]
+    planted = {host.outside_file, host.host_tmp_file, host.data_dir / "escaped.txt", Path("/usr/escaped.txt")}
+    return sorted(path for path in planted if path.exists())
 
 
 def nothing_read(report: dict[str, Any]) -> None:
@@ -307,3 +308,53 @@ async def test_cpu_time_and_file_size_are_limited(
     assert caught.value.code == "build_limit"
     assert named in caught.value.message
     assert not (workspace / "big.bin").exists() or (workspace / "big.bin").stat().st_size <= _MIB
+
+
+# -- a real Vue preset, its vite.config.js hostile -----------------------------------------
+
+HOSTILE_VITE_CONFIG = """\
+import { defineConfig } from 'vite'
+import vue from '@vitejs/plugin-vue'
+import fs from 'node:fs'
+import net from 'node:net'
+
+// Runs in node when vite loads its config: the build's own code path, not a package.json script.
+const targets = JSON.parse(fs.readFileSync('targets.json', 'utf8'))
+const report = { read: {}, connected: [] }
+for (const file of ['../../runforge.db', targets.database, targets.previewKey, targets.otherSecret]) {
+  try { report.read[file] = fs.readFileSync(file, 'utf8') } catch (error) { report.read[file] = 'ERR ' + error.code }
+}
+await Promise.all(Object.entries(targets.ports).map(([label, port]) => new Promise((resolve) => {
+  const socket = net.connect({ host: '127.0.0.1', port, timeout: 2000 })
+  socket.on('connect', () => { report.connected.push(label); socket.destroy(); resolve() })
+  socket.on('timeout', () => { socket.destroy(); resolve() })
+  socket.on('error', () => resolve())
+})))
+try { fs.writeFileSync(targets.outsideFile, 'escaped') } catch (error) {}
+fs.writeFileSync('attack-vite.json', JSON.stringify(report))
+
+export default defineConfig({ base: './', plugins: [vue()] })
+"""
+
+
+async def test_a_real_preset_builds_in_the_sandbox_and_its_vite_config_gets_nothing(host: Host) -> None:
+    """The portfolio preset, installed from the registry (no package's scripts) and built by Vite in
+    the sandbox, with a vite.config.js that tries to read, connect and write where it may not."""
+    if os.environ.get("RUNFORGE_SKIP_NPM_BUILDS") == "1":
+        pytest.skip("needs the npm registry (RUNFORGE_SKIP_NPM_BUILDS=1), as tests/test_preset_builds.py")
+    preset = next(p for p in load_catalog(DEFAULT_TEMPLATES_DIR).for_type("vue_project") if p.name == "portfolio")
+    targets = (host.workspace / "targets.json").read_bytes()
+    (host.workspace / "targets.json").unlink()  # copy_preset seeds only an empty workspace
+    assert copy_preset(preset, host.workspace, StopGate())
+    (host.workspace / "targets.json").write_bytes(targets)
+    (host.workspace / "vite.config.js").write_text(HOSTILE_VITE_CONFIG)
+    settings = replace(SETTINGS, install_timeout_s=300.0, sandbox=replace(SANDBOX, limits=SandboxLimits()))
+    async with asyncio.timeout(360.0):
+        result = await run_build(host.workspace, settings, lambda _: None, StopGate())
+    assert result.out_dir is not None
+    assert (result.out_dir / "index.html").is_file()  # the site built, in the sandbox
+    report = json.loads((host.workspace / "attack-vite.json").read_text())
+    nothing_read(report)
+    assert all(got.startswith("ERR ") for got in report["read"].values()), report["read"]
+    assert report["connected"] == []
+    assert written_outside(host) == []
