@@ -265,6 +265,9 @@ async def test_a_prompt_injected_build_gets_nothing_of_the_server(settings: Sett
         assert report["connected"] == []
         assert victim not in json.dumps(report["listed"])
         assert not any("pyproject.toml" in listing for listing in report["listed"].values())  # the server's cwd
+        # Descriptors: the script's stdio pipes and node's own, none of the server's files or sockets.
+        assert report["fds"]  # it could look
+        assert [fd for fd in report["fds"] if str(settings.data_dir) in fd or "runforge.db" in fd] == []
     finally:
         server.stop()
 
@@ -293,8 +296,6 @@ async def new_app(client: httpx.AsyncClient, name: str) -> str:
 async def test_cpu_time_and_file_size_are_limited(
     tmp_path: Path, script: str, limits: SandboxLimits, named: str
 ) -> None:
-    if SANDBOX_OFF:
-        pytest.skip("checks the limits themselves")
     workspace = tmp_path / "ws"
     workspace.mkdir()
     (workspace / "package.json").write_text(

@@ -532,7 +532,7 @@ _LEAK_JS = r"""
 const fs = require('fs');
 const net = require('net');
 const path = require('path');
-const report = { read: {}, listed: {}, connected: [] };
+const report = { read: {}, listed: {}, connected: [], fds: [] };
 function steal(file) {
   try {
     const data = fs.readFileSync(file);
@@ -548,6 +548,9 @@ for (const pid of fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))) 
   try { report.listed[`/proc/${pid}/cwd`] = fs.readdirSync(`/proc/${pid}/cwd`).join(','); } catch (error) {}
 }
 try { report.listed['..'] = fs.readdirSync('..').join(','); } catch (error) { report.listed['..'] = error.code; }
+for (const fd of fs.readdirSync('/proc/self/fd')) {
+  try { report.fds.push(`${fd} -> ${fs.readlinkSync(`/proc/self/fd/${fd}`)}`); } catch (error) {}
+}
 const ports = new Set([5432, 6379, 8000]);
 for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
   try {
