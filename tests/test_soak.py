@@ -100,11 +100,26 @@ def test_soak_allows_a_cut_writes_temp_file_to_go_after_the_stop(soak_module: Mo
     assert soak_module.run_failures(run) == []
 
 
-def test_soak_flags_an_upstream_request_after_the_stop(soak_module: ModuleType) -> None:
+def test_soak_flags_an_upstream_request_sent_after_the_stop(soak_module: ModuleType) -> None:
+    """On the server's own clock: the send time it stamps (X-Runforge-Sent-At) against the time it
+    accepted the stop. A request without a send time cannot be cleared, so it counts as late."""
     run = _clean_stopped_run(soak_module)
-    run.stop_sent_mono, run.stop_sent_wall = 100.0, 1_800_000_000.0
-    run.server["stopRequestedAt"] = "2027-01-15T08:00:00.010000+00:00"  # 1_800_000_000.01: 10 ms after sending
-    before = {"run_id": "r1", "started_at": 100.005}
-    after = {"run_id": "r1", "started_at": 100.02}
+    run.server["stopRequestedAt"] = "2027-01-15T08:00:00.010000+00:00"  # 1_800_000_000.010
+    before = {"run_id": "r1", "started_at": 5.0, "sent_at": 1_800_000_000.005}
+    after = {"run_id": "r1", "started_at": 5.0, "sent_at": 1_800_000_000.011}
+    unstamped = {"run_id": "r1", "started_at": 5.0, "sent_at": None}
     assert soak_module.upstream_after_stop([run], [before]) == []
     assert soak_module.upstream_after_stop([run], [before, after]) == ["r1"]
+    assert soak_module.upstream_after_stop([run], [unstamped]) == ["r1"]
+
+
+def test_soak_tells_a_late_arrival_from_a_late_send(soak_module: ModuleType) -> None:
+    """The flake of issue 17: sent 5 ms before the stop, received by a lagging simulator 30 ms
+    after it. Not a broken promise; reported (with its gaps), not counted."""
+    run = _clean_stopped_run(soak_module)
+    run.stop_sent_mono, run.stop_sent_wall = 100.0, 1_800_000_000.0  # the client's two clocks, read together
+    run.server["stopRequestedAt"] = "2027-01-15T08:00:00.010000+00:00"
+    late_arrival = {"run_id": "r1", "started_at": 100.04, "sent_at": 1_800_000_000.005}
+    assert soak_module.upstream_after_stop([run], [late_arrival]) == []
+    (seen,) = soak_module.arrivals_after_stop([run], [late_arrival])
+    assert (seen["sent_before_stop_ms"], seen["arrived_after_stop_ms"]) == (5.0, 30.0)

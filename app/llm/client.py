@@ -8,6 +8,7 @@ connection open for over a second), which also runs when the run's task is cance
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,11 @@ from app.settings import LLMSettings
 
 # Sent on every upstream request so the simulator (and provider logs) can tie it to a run.
 RUN_ID_HEADER = "X-Runforge-Run-Id"
+# When this server began sending the request (its wall clock, seconds), stamped by httpx's request
+# hook just before the request goes out: what "no upstream request after a stop" is checked
+# against, on the same clock as the run's stopRequestedAt. The simulator's own arrival time is
+# later by its event loop's lag, which under load exceeds the time between a send and a stop.
+SENT_AT_HEADER = "X-Runforge-Sent-At"
 
 _encoder = msgspec.json.Encoder()
 # The openai SDK's own defaults: many concurrent streams, a bounded idle pool.
@@ -52,7 +58,9 @@ class LLMClient:
         self.model = settings.model
         self.base_url = base_url
         # One connection pool for the SDK and the proxy's raw requests (the SDK's own limits).
-        self._http = httpx2.AsyncClient(timeout=settings.timeout_s, limits=_POOL_LIMITS)
+        self._http = httpx2.AsyncClient(
+            timeout=settings.timeout_s, limits=_POOL_LIMITS, event_hooks={"request": [_stamp_sent_at]}
+        )
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=settings.api_key or "none",
@@ -158,6 +166,10 @@ class LLMClient:
     async def close(self) -> None:
         await self._client.close()
         await self._http.aclose()
+
+
+async def _stamp_sent_at(request: httpx2.Request) -> None:
+    request.headers[SENT_AT_HEADER] = f"{time.time():.6f}"
 
 
 @contextlib.contextmanager

@@ -46,6 +46,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 RUN_ID_HEADER = "x-runforge-run-id"
+# The client's own send time (Runforge stamps it: app/llm/client.py); recorded as it came.
+SENT_AT_HEADER = "x-runforge-sent-at"
 _ARG_FRAGMENT_CHARS = 12  # a tool-argument "token": a few characters, like a real tokenizer
 _BATCH_BYTES = 64 * 1024  # unpaced streams are written in batches; one send per chunk is slow
 _STARTUP_TIMEOUT_S = 10.0
@@ -88,6 +90,8 @@ class RequestRecord:
     client_port: int | None = None
     # The bearer token the request carried (a proxy must send its own key, not its client's).
     api_key: str | None = None
+    # When the client says it began sending (its wall clock, time.time()), if it said so.
+    sent_at: float | None = None
     first_chunk_at: float | None = None
     chunks_sent: int = 0  # SSE events when streaming, response bodies otherwise
     disconnected_at: float | None = None
@@ -644,6 +648,7 @@ class ChatRequest:
     tool_names: list[str]
     run_id: str | None
     fields: list[str] = field(default_factory=list)
+    sent_at: float | None = None
 
 
 _DIRECTIVE = re.compile(r"\[sim:(?P<name>[\w-]+)(?P<args>[^\]]*)\]")
@@ -677,8 +682,16 @@ def parse_chat_request(body: bytes, headers: Mapping[str, str], default_model: s
         messages=messages,
         tool_names=_tool_names(data.get("tools")),
         run_id=headers.get(RUN_ID_HEADER),
+        sent_at=_float_or_none(headers.get(SENT_AT_HEADER)),
         fields=sorted(data),
     )
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _tool_names(tools: object) -> list[str]:
@@ -1008,6 +1021,7 @@ class SimulatorApp:
             tool_names_offered=job.request.tool_names,
             last_user_message=_last_user_text(job.request.messages)[:_RECORDED_PROMPT_CHARS],
             fields=list(job.request.fields),
+            sent_at=job.request.sent_at,
         )
 
 
