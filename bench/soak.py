@@ -18,7 +18,8 @@ Afterwards it checks, and prints, counts that must all be zero: a run not in a t
 in the database, a stream without exactly one terminal event, events after a terminal event, a
 run that ended otherwise than its mix entry says it must, a file written after a stop, tool
 calls that do not match the files written, temp files left, an upstream request the server began
-sending after it accepted a stop (both on the server's clock: see upstream_after_stop), upstream connections still open (the simulator's own count), history rows
+sending after it accepted a stop (both on the server's clock: see upstream_after_stop), upstream
+connections still open (the simulator's own count), history rows
 from interrupted or failed runs, a completed run whose saved answer differs from what was
 streamed, runs, run tasks or retained finished runs left in the server, event-loop tasks above the idle count, and RSS
 more than ``--rss-tolerance`` above its baseline (taken after a warm-up round of the same mix,

@@ -20,11 +20,18 @@ from app.services import Services
 
 # No Cross-Origin-Resource-Policy here: the sandboxed document has an opaque origin, and its own
 # style sheets and scripts must load. The sandbox keeps scripts, forms and popups, nothing else.
+#
+# Access-Control-Allow-Origin: *, because that opaque origin fetches the site's own module
+# scripts, `crossorigin` style sheets, fonts and dynamic imports in CORS mode (Vite's index.html
+# asks for exactly that), and an opaque origin is cross-origin to everything, itself included.
+# It is safe: these responses need no credentials (the key in the URL is the capability), `*`
+# never allows a credentialed request, and a page that can name the URL already holds the key.
 LINK_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": "sandbox allow-scripts allow-forms allow-popups",
+    "Access-Control-Allow-Origin": "*",
 }
 
 
