@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -199,7 +200,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT. Nothing went wrong: exit 0.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

@@ -60,7 +60,20 @@ def run_in_terminal(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _prompt_problem(args.prompt, settings.max_message_chars)
+    if problem:  # before anything is created: a refused prompt must not leave an empty app behind
+        print(f"runforge: {problem}", file=sys.stderr)
+        return 2
     return asyncio.run(_run(server, token, args.app_id, args.prompt, getattr(args, "code_gen_type", None)))
+
+
+def _prompt_problem(prompt: str, max_chars: int) -> str | None:
+    if not prompt.strip():
+        return 'the prompt is empty: say what to build, e.g. runforge run "build me a click counter"'
+    if len(prompt) > max_chars:
+        limit = f"{max_chars:,} (RUNFORGE_MAX_MESSAGE_CHARS)"
+        return f"the prompt has {len(prompt):,} characters; the server takes at most {limit}"
+    return None
 
 
 def _local_token(settings: Settings) -> str | None:
@@ -76,6 +89,9 @@ async def _run(server: str, token: str, app_id: str | None, prompt: str, code_ge
     async with httpx.AsyncClient(base_url=server, headers=headers, timeout=timeout) as client:
         try:
             app_id = app_id or await _create_app(client, prompt, code_gen_type)
+        except httpx.HTTPStatusError as exc:
+            print(f"runforge: the server refused: {_server_said(exc.response)}", file=sys.stderr)
+            return 1
         except httpx.HTTPError as exc:
             print(f"runforge: cannot reach {server}: {exc}", file=sys.stderr)
             return 1
@@ -112,7 +128,7 @@ async def _stream(client: httpx.AsyncClient, app_id: str, run_id: str, prompt: s
     async with aconnect_sse(client, "POST", "/app/chat/gen/code", json=body) as source:
         if source.response.status_code != 200:
             await source.response.aread()
-            print(f"runforge: {source.response.text}", file=sys.stderr)
+            print(f"runforge: the server refused: {_server_said(source.response)}", file=sys.stderr)
             return 1
         async for sse in source.aiter_sse():
             if not sse.data:
@@ -130,17 +146,28 @@ async def _stream(client: httpx.AsyncClient, app_id: str, run_id: str, prompt: s
             elif kind in ("template", "build"):
                 progress.line(_describe(kind, data))
             elif kind in TERMINAL:
-                return _finish(progress, kind, data)
+                return _finish(progress, kind, data, str(client.base_url))
     progress.line("the stream ended without a final event")
     return 1
 
 
-def _finish(progress: Progress, kind: str, data: dict[str, Any]) -> int:
+def _server_said(response: httpx.Response) -> str:
+    """The server's error code and message (``{"status", "error", "message"}``), else its status line."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return f"{body['error']}: {body.get('message', '')} (HTTP {response.status_code})"
+    return f"HTTP {response.status_code} {response.reason_phrase}"
+
+
+def _finish(progress: Progress, kind: str, data: dict[str, Any], server: str) -> int:
     if kind == "done":
         files = len(progress.files) + len(data.get("files") or [])
         progress.line(f"done: {data['steps']} steps, {progress.tool_calls} tool calls, {files} files")
         if data.get("previewUrl"):
-            progress.line(f"preview: {data['previewUrl']}")
+            progress.line(f"preview: {server.rstrip('/')}{data['previewUrl']}")
         return 0
     if kind == "interrupted":
         progress.line(f"interrupted ({data['reason']})")

@@ -85,6 +85,18 @@ async def test_serve_prints_a_banner_with_a_login_url(spawn: Spawn, tmp_path: Pa
         assert (await http.get("/apps")).status_code == 200
 
 
+async def test_ctrl_c_on_serve_exits_quietly_after_a_clean_shutdown(spawn: Spawn, tmp_path: Path) -> None:
+    """What `make run` then Ctrl-C does: status 0, no traceback, each of uvicorn's lines once (the
+    embedded simulator is a uvicorn server too, in the same process)."""
+    serve = await start_serve(spawn, tmp_path / "data")
+    serve.child.proc.send_signal(signal.SIGINT)
+    assert await serve.child.finish() == 0, serve.child.stderr()
+    stderr = serve.child.stderr()
+    assert "Traceback" not in stderr, stderr
+    for line in ("Started server process", "Application startup complete", "Shutting down", "Finished server process"):
+        assert stderr.count(line) == 1, (line, stderr)
+
+
 # -- SIGTERM and crashes -------------------------------------------------------------------------
 
 
@@ -259,6 +271,45 @@ async def test_run_command_runs_to_completion(
     messages = (await client.get(f"/apps/{app_id[1]}/messages")).json()
     assert [m["role"] for m in messages] == ["user", "ai"]
     assert messages[0]["content"] == prompt
+
+
+async def test_run_command_prints_the_preview_as_a_full_url(
+    server: ServerThread, token: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    argv = ("run", "a page [sim:page]", "--type", "html", "--server", server.url, "--token", token)
+    cli = await spawn(*argv, data_dir=tmp_path / "cli")
+    assert await cli.finish() == 0, cli.output + cli.stderr()
+    app_id = re.search(r"created app (\w+)", cli.output)
+    assert app_id is not None
+    assert f"\npreview: {server.url}/apps/{app_id[1]}/preview/\n" in cli.output, cli.output
+
+
+@pytest.mark.parametrize(
+    ("prompt", "said"),
+    [("", "the prompt is empty"), ("   ", "the prompt is empty"), ("x" * 30_000, "the prompt has 30,000 characters")],
+    ids=["empty", "blank", "too long"],
+)
+async def test_run_command_refuses_a_bad_prompt_before_creating_anything(
+    server: ServerThread, client: httpx.AsyncClient, token: str, spawn: Spawn, tmp_path: Path, prompt: str, said: str
+) -> None:
+    cli = await spawn("run", prompt, "--server", server.url, "--token", token, data_dir=tmp_path / "cli")
+    assert await cli.finish() == 2, cli.output + cli.stderr()
+    assert said in cli.stderr()
+    assert (await client.get("/apps")).json() == []  # no orphan app
+
+
+async def test_run_command_shows_what_the_server_said(
+    server: ServerThread, client: httpx.AsyncClient, token: str, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A refusal is the server's code and message, not 'cannot reach' (here: an app of someone else's)."""
+    other = server.add_user("bob")
+    async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {other}"}) as bob:
+        app_id = (await bob.post("/apps", json={"name": "bob's", "codeGenType": "html"})).json()["id"]
+    argv = ("run", "a page", "--app", app_id, "--server", server.url, "--token", token)
+    cli = await spawn(*argv, data_dir=tmp_path / "cli")
+    assert await cli.finish() == 1, cli.output + cli.stderr()
+    assert re.search(r"^runforge: the server refused: \w+: .+ \(HTTP 403\)$", cli.stderr(), re.MULTILINE), cli.stderr()
+    assert "cannot reach" not in cli.stderr()
 
 
 def test_access_log_redacts_login_tokens_and_prompts() -> None:

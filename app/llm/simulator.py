@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import re
 import socket
 import threading
@@ -1217,6 +1218,24 @@ def _uvicorn_config(app: SimulatorApp, *, embedded: bool) -> uvicorn.Config:
     return uvicorn.Config(app, log_level="warning", access_log=False, **common)
 
 
+_THREAD_NAME = "runforge-llm-simulator"
+
+
+class _NotTheSimulatorsLifecycle(logging.Filter):
+    """Drops uvicorn's INFO lines ("Started server process", "Shutting down", ...) logged by the
+    embedded simulator's own uvicorn server: in the host's process they printed every one of the
+    host server's lines twice. Its warnings and errors still go through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or record.threadName != _THREAD_NAME
+
+
+def _quiet_lifecycle_lines() -> None:
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _NotTheSimulatorsLifecycle) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(_NotTheSimulatorsLifecycle())
+
+
 class SimulatorServer:
     """Runs the simulator in a daemon thread with its own event loop (and no signal handlers)."""
 
@@ -1253,7 +1272,8 @@ class SimulatorServer:
         self._port = int(self._socket.getsockname()[1])
         app = create_simulator_app(self._config, self._recorder)
         self._server = _ReadyServer(_uvicorn_config(app, embedded=True), self._ready)
-        self._thread = threading.Thread(target=self._serve, name="runforge-llm-simulator", daemon=True)
+        _quiet_lifecycle_lines()
+        self._thread = threading.Thread(target=self._serve, name=_THREAD_NAME, daemon=True)
         self._thread.start()
         if not self._ready.wait(_STARTUP_TIMEOUT_S) or not self._server.started:
             self.stop()
