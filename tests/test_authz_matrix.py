@@ -172,6 +172,13 @@ async def throwaway_app(w: World, owner: httpx.AsyncClient) -> Request:
     return f"/apps/{created.json()['id']}", {}
 
 
+async def run_checkpoint_diff(w: World, owner: httpx.AsyncClient) -> Request:
+    """The diff of the world's run: its checkpoint's sha, as the owner lists it."""
+    found = (await owner.get(f"/apps/{w.app_id}/checkpoints")).json()
+    sha = next(c["sha"] for c in found if c["runId"] == w.run_id and c["kind"] == "run")
+    return f"/apps/{w.app_id}/checkpoints/{sha}/diff", {}
+
+
 GEN = {"appId": "{scratch}", "message": f"a page {PROMPT_MARK}"}
 CHAT = {"messages": [{"role": "user", "content": f"hi {PROMPT_MARK} [sim:long_text tokens=3]"}]}
 
@@ -206,6 +213,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/apps/{app_id:str}/files"): Row(protected(200), at("/apps/{app}/files")),
     ("GET", "/apps/{app_id:str}/files/{path:path}"): Row(protected(200), at("/apps/{app}/files/notes.txt")),
     ("GET", "/apps/{app_id:str}/checkpoints"): Row(protected(200), at("/apps/{app}/checkpoints")),
+    ("GET", "/apps/{app_id:str}/checkpoints/{sha:str}/diff"): Row(protected(200), run_checkpoint_diff),
     ("GET", "/apps/{app_id:str}/download"): Row(protected(200), at("/apps/{app}/download")),
     ("GET", "/apps/{app_id:str}/preview"): Row(protected(302), at("/apps/{app}/preview")),
     ("GET", "/apps/{app_id:str}/preview/{path:path}"): Row(protected(200), at("/apps/{app}/preview/notes.txt")),

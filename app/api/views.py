@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from app.checkpoints import Checkpoint
+from app.checkpoints import Checkpoint, CheckpointDiff
 from app.control.run import Run as LiveRun
 from app.store.models import App, ChatMessage
 from app.store.models import Run as RunRow
@@ -134,6 +134,22 @@ def row_run_view(row: RunRow) -> dict[str, Any]:
         "live": row.status in ("queued", "running"),
         "worker": row.owner_worker,
     }
+
+
+def checkpoint_diff_view(diff: CheckpointDiff) -> dict[str, Any]:
+    files = [
+        {
+            "path": f.path,
+            "status": f.status,
+            "added": f.added,
+            "removed": f.removed,
+            "binary": f.binary,
+            "diff": f.diff,
+            "truncated": f.truncated,
+        }
+        for f in diff.files
+    ]
+    return {"sha": diff.sha, "parent": diff.parent, "files": files, "truncated": diff.truncated}
 
 
 def checkpoint_view(checkpoint: Checkpoint) -> dict[str, Any]:

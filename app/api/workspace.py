@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from app.api.deps import CurrentUser, ServicesDep, check_run_id, owned_app
 from app.api.openapi import APP_ERRORS, RUN_ID, WORKSPACE_PATH, ClosedJSONBody, documented, error_responses, response
-from app.api.views import checkpoint_view
+from app.api.views import checkpoint_diff_view, checkpoint_view
 from app.checkpoints import CheckpointError
 from app.codegen.types import CodeGenType
 from app.control.cancel import to_thread_to_the_end
@@ -23,6 +24,7 @@ from app.services import Services
 from app.store.models import App, User
 from app.workspace.publish import NotServable, PathRefused, build_archive, read_preview_file
 
+CHECKPOINT_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # Preview responses carry generated code: never cached (it changes with every run), never sniffed.
 PREVIEW_HEADERS = {
     "Cache-Control": "no-store",
@@ -96,6 +98,24 @@ class WorkspaceController(Controller):
         await owned_app(services, user, app_id)
         found = await asyncio.to_thread(services.checkpoints.list, app_id)
         return [checkpoint_view(c) for c in found]
+
+    @get("/{app_id:str}/checkpoints/{sha:str}/diff", responses={**APP_ERRORS, **error_responses(400)})
+    async def checkpoint_diff(
+        self,
+        app_id: FromPath[str],
+        sha: Annotated[str, PathParameter(schema_extra={"pattern": f"^(?:{CHECKPOINT_SHA.pattern})$"})],
+        services: ServicesDep,
+        user: CurrentUser,
+    ) -> dict[str, Any]:
+        """What a checkpoint changed against the one before it: files, line counts, unified diffs."""
+        await owned_app(services, user, app_id)
+        if CHECKPOINT_SHA.fullmatch(sha) is None:
+            raise BadRequest("a checkpoint is named by its sha (40 or 64 hex digits)", code="invalid_checkpoint")
+        try:
+            diff = await asyncio.to_thread(services.checkpoints.diff, app_id, sha)
+        except CheckpointError:
+            raise NotFound(f"no checkpoint {sha} in app {app_id}", code="checkpoint_not_found") from None
+        return checkpoint_diff_view(diff)
 
     @post("/{app_id:str}/revert", status_code=HTTP_200_OK, responses={**APP_ERRORS, **error_responses(409)})
     async def revert(

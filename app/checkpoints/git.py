@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.checkpoints.diff import CheckpointDiff, diff_checkpoint
+
 __all__ = ["Checkpoint", "CheckpointError", "Checkpoints"]
 
 _APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -311,6 +313,17 @@ class Checkpoints:
                 return []
             git = self._open(git_dir, None, create=False)
             return [self._checkpoint(git, entry) for entry in self._log(git)]
+
+    def diff(self, app_id: str, sha: str) -> CheckpointDiff:
+        """What checkpoint ``sha`` changed against the one before it (app/checkpoints/diff.py)."""
+        _check(_SHA, sha, "checkpoint sha")
+        with self._locked(app_id) as git_dir:
+            if not _exists(git_dir):
+                raise CheckpointError(f"no checkpoint {sha} in app {app_id}")
+            git = self._open(git_dir, None, create=False)
+            if sha not in {entry.sha for entry in self._log(git)}:
+                raise CheckpointError(f"no checkpoint {sha} in app {app_id}")
+            return diff_checkpoint(git.out, sha)
 
     def find_run(self, app_id: str, run_id: str) -> Checkpoint | None:
         """The checkpoint (kind "run") taken when ``run_id`` completed, if any."""
