@@ -260,6 +260,7 @@ async function openApp(appId) {
   if (chat.run) stop("immediate"); // leaving a generating app stops its run, as closing the tab does
   Object.assign(chat, { app: { id: appId }, owner: false, run: null, stoppedByUser: false, lastUserMessage: "", lastAi: null });
   $("messages").innerHTML = "";
+  $("diff-view").hidden = true;
   markCurrentApp();
   try {
     chat.app = await api(`/apps/${encodeURIComponent(appId)}`);
@@ -272,9 +273,11 @@ async function openApp(appId) {
     return;
   }
   $("app-title").textContent = `${chat.app.name} · ${chat.app.codeGenType}`;
+  $("messages").dataset.hint = "Describe a change below: each message starts a run you can stop at any moment.";
   const messages = await api(`/apps/${encodeURIComponent(appId)}/messages`);
   for (const message of messages) {
     const item = appendMessage(message.role, message.content);
+    item.dataset.runId = message.runId;
     if (message.role === "ai") chat.lastAi = item;
     else chat.lastUserMessage = message.content;
   }
@@ -298,22 +301,95 @@ function showPreview(url) {
   // can never act as the signed-in user) still loads the site's own style sheets and scripts.
   $("preview").removeAttribute("srcdoc"); // srcdoc would win over src
   $("preview").src = `${url}?t=${Date.now()}`;
+  $("preview-open").href = url; // the link's responses are sandboxed in a tab too (CSP)
+  $("preview-open").hidden = false;
 }
 
 function showNoPreview() {
   $("preview").removeAttribute("src");
   $("preview").srcdoc = "<p style='font:13px system-ui;color:#6e7781'>Nothing to preview yet.</p>";
+  $("preview-open").hidden = true;
+}
+
+function toggleWidePreview() {
+  const wide = document.body.classList.toggle("wide-preview");
+  $("preview-wide").setAttribute("aria-pressed", String(wide));
+  $("preview-wide").textContent = wide ? "narrower" : "wider";
 }
 
 async function refreshWorkspace() {
   if (!chat.app || !chat.owner) return;
   const appId = encodeURIComponent(chat.app.id);
-  const [files, checkpoints] = await Promise.all([
+  const [files, checkpoints, messages] = await Promise.all([
     api(`/apps/${appId}/files`).catch(() => []),
     api(`/apps/${appId}/checkpoints`).catch(() => []),
+    api(`/apps/${appId}/messages`).catch(() => []),
   ]);
+  const prompts = Object.fromEntries(messages.filter((m) => m.role === "user").map((m) => [m.runId, m.content]));
+  const runs = checkpoints.filter((c) => c.kind === "run");
   $("files").replaceChildren(...files.filter((f) => f.kind === "file").map((file) => fileItem(appId, file)));
-  $("checkpoints").replaceChildren(...checkpoints.filter((c) => c.kind === "run").map((c) => checkpointItem(appId, c)));
+  $("checkpoints").replaceChildren(...runs.map((c) => checkpointItem(appId, c, prompts[c.runId])));
+  for (const checkpoint of runs) offerChanges(appId, checkpoint);
+}
+
+/** A "changes" button on the AI reply of the run that made this checkpoint (from its done event). */
+function offerChanges(appId, checkpoint) {
+  const ai = $("messages").querySelector(`li.msg.ai[data-run-id="${CSS.escape(checkpoint.runId)}"]`);
+  if (!ai || ai.querySelector(".changes")) return;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link changes";
+  button.textContent = "see what changed";
+  button.addEventListener("click", () => showChanges(appId, checkpoint));
+  ai.querySelector(".meta").append(button);
+}
+
+async function showChanges(appId, checkpoint) {
+  const view = $("diff-view");
+  try {
+    const diff = await api(`/apps/${appId}/checkpoints/${checkpoint.sha}/diff`);
+    view.replaceChildren(diffSummary(diff, checkpoint), ...diff.files.map(diffFile));
+    view.hidden = false;
+    view.scrollIntoView({ block: "nearest" });
+  } catch (error) {
+    notice(`Cannot show the changes: ${error.message}`, true);
+  }
+}
+
+function diffSummary(diff, checkpoint) {
+  const added = diff.files.reduce((sum, f) => sum + (f.added || 0), 0);
+  const removed = diff.files.reduce((sum, f) => sum + (f.removed || 0), 0);
+  const head = document.createElement("p");
+  const count = `${diff.files.length} file${diff.files.length === 1 ? "" : "s"} changed`;
+  head.textContent = `Run ${shortId(checkpoint.runId)}: ${count}, +${added} −${removed}${diff.truncated ? " (some diffs too large to show)" : ""}`;
+  return head;
+}
+
+function diffFile(file) {
+  const item = document.createElement("details");
+  const counts = file.binary ? "binary" : `+${file.added} −${file.removed}`;
+  item.innerHTML = `<summary>${escapeHtml(file.status)} ${escapeHtml(file.path)} <span class="muted">${counts}</span></summary>`;
+  const body = document.createElement("pre");
+  if (file.diff) body.innerHTML = file.diff.split("\n").map(diffLine).join("\n");
+  else body.textContent = file.binary ? "(a binary file: not shown)" : "(too large to show here)";
+  item.append(body);
+  return item;
+}
+
+function diffLine(line) {
+  const kind = lineKind(line);
+  return kind ? `<span class="${kind}">${escapeHtml(line)}</span>` : escapeHtml(line);
+}
+
+function lineKind(line) {
+  if (line.startsWith("@@")) return "hunk";
+  if (line.startsWith("+") && !line.startsWith("+++")) return "add";
+  if (line.startsWith("-") && !line.startsWith("---")) return "del";
+  return "";
+}
+
+function shortId(runId) {
+  return runId.length > 12 ? `${runId.slice(0, 8)}…` : runId;
 }
 
 function fileItem(appId, file) {
@@ -330,9 +406,21 @@ function fileItem(appId, file) {
   return item;
 }
 
-function checkpointItem(appId, checkpoint) {
+function checkpointItem(appId, checkpoint, prompt) {
   const item = document.createElement("li");
-  item.innerHTML = `<span title="${escapeHtml(checkpoint.createdAt || "")}">${escapeHtml(checkpoint.summary)}</span>`;
+  // Labelled by time and the prompt's first words: a run id tells a person nothing.
+  const when = checkpoint.createdAt ? new Date(checkpoint.createdAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
+  const words = prompt ? prompt.split(/\s+/).slice(0, 6).join(" ") : checkpoint.summary;
+  item.innerHTML =
+    `<span title="${escapeHtml(`${checkpoint.createdAt || ""} · ${prompt || checkpoint.summary} · ${checkpoint.files} files`)}">` +
+    `<span class="when">${escapeHtml(when)}</span> ${escapeHtml(words)}</span>`;
+  const changes = document.createElement("button");
+  changes.type = "button";
+  changes.className = "link";
+  changes.textContent = "changes";
+  changes.title = "What this run changed";
+  changes.addEventListener("click", () => showChanges(appId, checkpoint));
+  item.append(changes);
   const revert = document.createElement("button");
   revert.type = "button";
   revert.textContent = "revert";
@@ -374,6 +462,7 @@ function wire() {
   });
   $("input").addEventListener("input", refreshButton);
   $("rollback").addEventListener("click", () => stop("rollback"));
+  $("preview-wide").addEventListener("click", toggleWidePreview);
   $("new-app").addEventListener("submit", (event) => {
     event.preventDefault();
     const prompt = $("new-prompt").value.trim();

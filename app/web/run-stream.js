@@ -75,6 +75,11 @@ export class RunStream {
     this.lastSeq = seq;
     this.reconnects = 0;
     if (kind === "message") {
+      // Text after a tool call is the model's next step: a paragraph of its own, not run on.
+      if (this.breakBeforeText && (this.text || this.pending) && !/\n\s*$/.test(this.text + this.pending)) {
+        this.pending += "\n\n";
+      }
+      this.breakBeforeText = false;
       this.pending += data.d;
       this.timer ??= setTimeout(() => this.flush(), FLUSH_MS);
     } else if (TERMINAL_EVENTS.includes(kind)) {
@@ -84,6 +89,7 @@ export class RunStream {
       this.handlers.onEnd(kind, data);
     } else {
       this.flush(); // keep text and activity in order
+      if (kind === "tool_call") this.breakBeforeText = true;
       this.handlers.onEvent(kind, data);
     }
   }
