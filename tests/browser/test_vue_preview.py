@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from app.build import BuildSettings
 from app.settings import Settings
+from tests.browser.conftest import Screenshot
 from tests.browser.test_panels import AI, IframeTarget, expect, run_id_of, wait_done
 from tests.support import ServerThread
 
@@ -48,7 +49,12 @@ async def api(server: ServerThread, token: str) -> AsyncIterator[httpx.AsyncClie
 
 
 async def test_the_portfolio_preset_builds_and_renders_in_the_preview(
-    server: ServerThread, api: httpx.AsyncClient, browser: Browser, signed_in_page: Page, js_errors: list[str]
+    server: ServerThread,
+    api: httpx.AsyncClient,
+    browser: Browser,
+    signed_in_page: Page,
+    js_errors: list[str],
+    screenshot: Screenshot,
 ) -> None:
     page = signed_in_page
     await page.locator("#quick-start button", has_text="Build me a personal portfolio website").click()
@@ -66,6 +72,8 @@ async def test_the_portfolio_preset_builds_and_renders_in_the_preview(
         assert await frame.evaluate("self.origin") == "null"  # still the opaque-origin sandbox
         assert await frame.evaluate("document.styleSheets.length") >= 1
         assert await frame.evaluate("getComputedStyle(document.body).margin") == "0px"  # the preset's reset
+    await page.locator("#preview-wide").click()  # the picture in the README: the preview widened
+    await screenshot(page, "vue-preview")
     assert js_errors == [], js_errors
 
     # In a tab of its own: the CSP sandbox keeps the origin opaque there too, and it still renders.
