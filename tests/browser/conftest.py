@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -141,3 +142,11 @@ def screenshot() -> Screenshot:
         return path
 
     return save
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(server: ServerThread, token: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The `token` user's HTTP client, on the browser tests' loop (of this module's `server`)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30.0) as http:
+        yield http

@@ -4,12 +4,10 @@ paragraphs around tool calls (builds off: the simulator's runs are the subject h
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from tests.browser.conftest import Screenshot
 from tests.browser.test_panels import AI, create_app, expect, open_app, send, wait_done
@@ -17,13 +15,6 @@ from tests.support import ServerThread
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(server: ServerThread, token: str) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30.0) as http:
-        yield http
 
 
 async def box(page: Page, selector: str) -> dict[str, float]:

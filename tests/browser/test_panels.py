@@ -43,14 +43,6 @@ def expect(locator: Locator) -> LocatorAssertions:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(server: ServerThread, token: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The `token` user's HTTP client, on the browser tests' loop."""
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30.0) as http:
-        yield http
-
-
 async def create_app(api: httpx.AsyncClient, code_gen_type: str, name: str = "panel test") -> dict[str, Any]:
     response = await api.post("/apps", json={"name": name, "codeGenType": code_gen_type})
     assert response.status_code == 201, response.text

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from app.build import BuildSettings
 from app.settings import Settings
@@ -39,13 +38,6 @@ def server(settings: Settings) -> Iterator[ServerThread]:
     thread = ServerThread(settings.with_overrides(build=builds)).start()
     yield thread
     thread.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def api(server: ServerThread, token: str) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30.0) as http:
-        yield http
 
 
 async def test_the_portfolio_preset_builds_and_renders_in_the_preview(
