@@ -248,7 +248,7 @@ async def test_usage_chunk_only_when_requested(client: openai.AsyncOpenAI) -> No
 # --------------------------------------------------------------------------- scenario selection
 
 
-async def test_directive_wins_over_model_name_and_only_first_user_message_counts(
+async def test_directive_wins_over_model_name_and_the_latest_user_message_with_one_counts(
     sim: SimulatorServer, client: openai.AsyncOpenAI, run_id: str
 ) -> None:
     result = await client.chat.completions.create(
@@ -260,17 +260,27 @@ async def test_directive_wins_over_model_name_and_only_first_user_message_counts
     by_model = await client.chat.completions.create(model="sim-loop", messages=user("go"))
     assert by_model.choices[0].message.tool_calls
 
-    later = [*user("plain"), {"role": "assistant", "content": "ok"}, *user("[sim:long_text]")]
-    default = await client.chat.completions.create(model="gpt-whatever", messages=later)
+    # A follow-up with its own directive: that one (a later run of an app picks its own scenario).
+    later = [*user("[sim:loop]"), {"role": "assistant", "content": "ok"}, *user("[sim:long_text pace=0 tokens=3]")]
+    own = await client.chat.completions.create(model="gpt-whatever", messages=later, tools=TOOLS)
+    assert len((own.choices[0].message.content or "").split()) == 3
+
+    # A follow-up without one goes on with the conversation's scenario.
+    follow_up = [*user("[sim:long_text pace=0 tokens=4]"), {"role": "assistant", "content": "ok"}, *user("more")]
+    goes_on = await client.chat.completions.create(model="gpt-whatever", messages=follow_up, tools=TOOLS)
+    assert len((goes_on.choices[0].message.content or "").split()) == 4
+
+    plain = [*user("plain"), {"role": "assistant", "content": "ok"}, *user("go on")]
+    default = await client.chat.completions.create(model="gpt-whatever", messages=plain)
     assert default.choices[0].finish_reason == "stop"  # no tools offered: the fenced-blocks page answer
     assert "```html" in (default.choices[0].message.content or "")
 
-    with_tools = await client.chat.completions.create(model="gpt-whatever", messages=later, tools=TOOLS)
+    with_tools = await client.chat.completions.create(model="gpt-whatever", messages=plain, tools=TOOLS)
     assert with_tools.choices[0].finish_reason == "tool_calls"  # codegen, the config default
 
     scenarios = [r.scenario for r in sim.recorder.records(run_id)]
-    assert scenarios == ["long_text", "loop", "page", "codegen"]
-    assert [r.model for r in sim.recorder.records(run_id)] == ["sim-loop", "sim-loop", "gpt-whatever", "gpt-whatever"]
+    assert scenarios == ["long_text", "loop", "long_text", "long_text", "page", "codegen"]
+    assert [r.model for r in sim.recorder.records(run_id)] == ["sim-loop"] * 2 + ["gpt-whatever"] * 4
 
 
 @pytest.mark.parametrize(

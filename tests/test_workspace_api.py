@@ -485,11 +485,11 @@ async def test_checkpoints_list_and_revert_and_undo(server: ServerThread, client
     assert set(after_second) == set(after_first) | {"file_1.txt", "file_2.txt", "notes/todo.md"}
 
     listed = (await client.get(f"/apps/{app_id}/checkpoints")).json()
-    assert [(c["kind"], c["runId"], c["files"]) for c in listed] == [
-        ("run", "r-second", 6),
-        ("baseline", "r-second", 6),  # the files written between the runs
-        ("run", "r-first", 3),
-        ("baseline", "r-first", 0),  # the empty workspace the first run started from
+    assert [(c["kind"], c["runId"], c["files"], c["filesChanged"]) for c in listed] == [
+        ("run", "r-second", 6, 0),  # the same three files, written again as they were
+        ("baseline", "r-second", 6, 3),  # the files written between the runs
+        ("run", "r-first", 3, 3),
+        ("baseline", "r-first", 0, 0),  # the empty workspace the first run started from
     ]
     assert listed[0]["sha"] == second.data["checkpoint"]
     assert listed[2]["sha"] == first.data["checkpoint"]
@@ -497,7 +497,7 @@ async def test_checkpoints_list_and_revert_and_undo(server: ServerThread, client
     now = datetime.now(UTC)
     previous = now
     for checkpoint in listed:
-        assert set(checkpoint) == {"sha", "runId", "kind", "createdAt", "summary", "files"}
+        assert set(checkpoint) == {"sha", "runId", "kind", "createdAt", "summary", "files", "filesChanged"}
         assert SHA.fullmatch(checkpoint["sha"]), checkpoint
         assert checkpoint["runId"] in checkpoint["summary"]
         created = datetime.fromisoformat(checkpoint["createdAt"])
@@ -509,7 +509,7 @@ async def test_checkpoints_list_and_revert_and_undo(server: ServerThread, client
     reverted = await client.post(f"/apps/{app_id}/revert", json={"runId": "r-first"})
     assert reverted.status_code == 200, reverted.text
     view = reverted.json()
-    assert (view["kind"], view["runId"], view["files"]) == ("revert", "r-first", 3)
+    assert (view["kind"], view["runId"], view["files"], view["filesChanged"]) == ("revert", "r-first", 3, 3)
     assert SHA.fullmatch(view["sha"])
     assert view["sha"] not in {c["sha"] for c in listed}
     assert snapshot(workspace) == after_first

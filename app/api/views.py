@@ -160,4 +160,5 @@ def checkpoint_view(checkpoint: Checkpoint) -> dict[str, Any]:
         "createdAt": _iso(checkpoint.created_at),
         "summary": checkpoint.summary,
         "files": checkpoint.files,
+        "filesChanged": checkpoint.files_changed,
     }

@@ -61,6 +61,12 @@ def diff_checkpoint(git: Git, sha: str, max_bytes: int = DEFAULT_MAX_BYTES) -> C
     return CheckpointDiff(sha, parent, files, any(f.truncated for f in files))
 
 
+def changed_file_count(git: Git, sha: str) -> int:
+    """How many files checkpoint ``sha`` added, modified or deleted against the one before it."""
+    raw = git("diff-tree", "-r", "-z", "--name-only", "--no-commit-id", "--root", "--no-renames", sha)
+    return raw.count(b"\0")
+
+
 def _parent(git: Git, sha: str) -> str | None:
     commits = git("rev-list", "--parents", "-n", "1", sha).decode().split()
     return commits[1] if len(commits) > 1 else None

@@ -35,12 +35,12 @@ import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app.checkpoints.diff import CheckpointDiff, diff_checkpoint
+from app.checkpoints.diff import CheckpointDiff, changed_file_count, diff_checkpoint
 
 __all__ = ["Checkpoint", "CheckpointError", "Checkpoints"]
 
@@ -114,6 +114,7 @@ class Checkpoint:
     created_at: datetime  # aware, UTC; git's committer time (whole seconds)
     summary: str  # the commit subject line
     files: int  # number of files (and symlinks) in the commit's tree
+    files_changed: int  # files added, modified or deleted against the checkpoint before it
 
 
 class CheckpointError(Exception):
@@ -269,6 +270,7 @@ class Checkpoints:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._tree_files: dict[str, int] = {}  # tree sha -> file count; trees never change
+        self._changes: dict[str, int] = {}  # commit sha -> files changed; commits never change
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -468,17 +470,25 @@ class Checkpoints:
         return self._checkpoint(git, entries[0])
 
     def _checkpoint(self, git: _Git, entry: _Entry) -> Checkpoint:
-        files = self._count_files(git, entry.tree)
-        return Checkpoint(entry.sha, entry.run_id, entry.kind, entry.created_at, entry.summary, files)
+        files = _cached(self._tree_files, entry.tree, lambda: _count_files(git, entry.tree))
+        changed = _cached(self._changes, entry.sha, lambda: changed_file_count(git.out, entry.sha))
+        return Checkpoint(entry.sha, entry.run_id, entry.kind, entry.created_at, entry.summary, files, changed)
 
-    def _count_files(self, git: _Git, tree: str) -> int:
-        count = self._tree_files.get(tree)
-        if count is None:
-            count = git.out("ls-tree", "-r", "-z", "--name-only", tree).count(b"\0")
-            if len(self._tree_files) >= _TREE_CACHE_MAX:
-                self._tree_files.clear()
-            self._tree_files[tree] = count
-        return count
+
+def _count_files(git: _Git, tree: str) -> int:
+    return git.out("ls-tree", "-r", "-z", "--name-only", tree).count(b"\0")
+
+
+def _cached(cache: dict[str, int], key: str, compute: Callable[[], int]) -> int:
+    """``cache[key]``, computed on a miss; the cache is cleared when full (its keys are immutable
+    git objects, so a miss only costs one git call)."""
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        if len(cache) >= _TREE_CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+    return value
 
 
 def _exists(git_dir: Path) -> bool:

@@ -14,7 +14,7 @@ What makes it useful for testing run control:
   (``GET /_sim/requests``) from a benchmark in another process.
 
 Behaviour is chosen per request by a *scenario*: a ``[sim:NAME key=value ...]`` directive in
-the first user message, else a ``sim-NAME`` model name, else the configured default. A
+the latest user message that has one, else a ``sim-NAME`` model name, else the configured default. A
 multi-step scenario derives its position from the request's messages, so the server is
 stateless and deterministic across requests.
 """
@@ -589,6 +589,22 @@ def _build_escape(turn: Turn) -> Reply:
     return Reply("The site is ready.")
 
 
+# A Vite config that prints a line and then waits for ever: a build a stop is sure to land in.
+_WAITING_VITE_CONFIG = """\
+// Written by the simulator's slow_build scenario: the build waits here until it is stopped.
+console.log("slow build: waiting to be stopped")
+await new Promise(() => setInterval(() => {}, 60_000))
+"""
+
+
+def _slow_build(turn: Turn) -> Reply:
+    if turn.step == 0:
+        return Reply("Tuning the build configuration.", (_write("vite.config.js", _WAITING_VITE_CONFIG),))
+    if turn.step == 1:
+        return Reply("", (ToolCall("exit", "{}"),))
+    return Reply("The build is configured.")
+
+
 def _loop(turn: Turn) -> Reply:
     return Reply("Let me look at the directory again.", (ToolCall("list_dir", '{"path": "."}'),))
 
@@ -621,6 +637,7 @@ SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
             Scenario("loop", _loop),
             Scenario("exit_tool", _exit_tool),
             Scenario("build_escape", _build_escape),
+            Scenario("slow_build", _slow_build),
             Scenario("page", _page),
             Scenario("template_edit", _template_edit),
             Scenario("vue_app", _vue_app),
@@ -712,12 +729,11 @@ def _message_text(message: Mapping[str, Any]) -> str:
 
 
 def resolve_scenario(request: ChatRequest, config: SimulatorConfig) -> tuple[Scenario, Params]:
-    """Directive in the first user message, else ``sim-NAME`` model, else what Runforge's
+    """The latest user message's directive, else ``sim-NAME`` model, else what Runforge's
     prompts ask for: ``page`` when no tools are offered (html / multi_file answers),
     ``template_edit`` when the last user message carries a preset's instruction, ``vue_app``
     for a vue_project system prompt; else the configured default."""
-    first_user = next((m for m in request.messages if m.get("role") == "user"), None)
-    match = _DIRECTIVE.search(_message_text(first_user)) if first_user else None
+    match = _latest_directive(request.messages)
     if match:
         return _scenario(match["name"]), _parse_params(match["args"])
     if request.model.startswith("sim-"):
@@ -729,6 +745,16 @@ def resolve_scenario(request: ChatRequest, config: SimulatorConfig) -> tuple[Sce
     if output_format(request.messages) == "vue_project":
         return _scenario("vue_app"), Params()
     return _scenario(config.default_scenario), Params()
+
+
+def _latest_directive(messages: Sequence[Mapping[str, Any]]) -> re.Match[str] | None:
+    """The directive of the latest user message that has one: a run's own directive wins, and a
+    follow-up without one goes on with the scenario of the conversation's earlier messages."""
+    for message in reversed(messages):
+        match = _DIRECTIVE.search(_message_text(message)) if message.get("role") == "user" else None
+        if match:
+            return match
+    return None
 
 
 _OUTPUT_FORMAT = re.compile(r"^Output format: (\w+)", re.MULTILINE)

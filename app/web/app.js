@@ -411,9 +411,10 @@ function checkpointItem(appId, checkpoint, prompt) {
   // Labelled by time and the prompt's first words: a run id tells a person nothing.
   const when = checkpoint.createdAt ? new Date(checkpoint.createdAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "";
   const words = prompt ? prompt.split(/\s+/).slice(0, 6).join(" ") : checkpoint.summary;
+  const changed = `${checkpoint.filesChanged} ${checkpoint.filesChanged === 1 ? "file" : "files"} changed`;
   item.innerHTML =
     `<span title="${escapeHtml(`${checkpoint.createdAt || ""} · ${prompt || checkpoint.summary} · ${checkpoint.files} files`)}">` +
-    `<span class="when">${escapeHtml(when)}</span> ${escapeHtml(words)}</span>`;
+    `<span class="when">${escapeHtml(when)}</span> ${escapeHtml(words)} <span class="changed">· ${escapeHtml(changed)}</span></span>`;
   const changes = document.createElement("button");
   changes.type = "button";
   changes.className = "link";

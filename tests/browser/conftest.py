@@ -18,7 +18,7 @@ server's HTTP API through `page.request`, or a session-loop fixture of your own.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from app.build import BuildSettings
+from app.settings import Settings
 from tests.support import ServerThread
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ CHROMIUM = "/usr/bin/chromium"
 HERE = Path(__file__).resolve().parent
 SCREENSHOT_DIR = HERE.parents[1] / "docs" / "img"
 TIMEOUT_MS = 10_000  # a failing wait ends well before pytest-timeout's 60 s, with Playwright's own message
+BUILD_MS = 180_000  # a cold npm install from the registry, then vite: generous, only against hangs
 
 Screenshot = Callable[["Page", str], Awaitable[Path | None]]
 
@@ -86,6 +89,18 @@ async def browser(chromium_path: str) -> AsyncIterator[Browser]:
         )
         yield browser
         await browser.close()
+
+
+def building_server(settings: Settings) -> Iterator[ServerThread]:
+    """A server that builds (every other browser test switches builds off): for a module's `server`.
+
+    Skips when RUNFORGE_SKIP_NPM_BUILDS=1 (no npm, or no npm registry, on this machine)."""
+    if os.environ.get("RUNFORGE_SKIP_NPM_BUILDS") == "1":
+        pytest.skip("needs npm and the npm registry (RUNFORGE_SKIP_NPM_BUILDS=1)")
+    builds = BuildSettings(install_timeout_s=BUILD_MS / 1000, build_timeout_s=120.0)
+    thread = ServerThread(settings.with_overrides(build=builds)).start()
+    yield thread
+    thread.stop()
 
 
 @pytest.fixture

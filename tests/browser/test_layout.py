@@ -82,9 +82,9 @@ async def test_a_runs_changes_show_from_its_checkpoint_and_its_reply(
     await open_app(page, server.url, app["id"])
     ai = await send(page, "a counter site with a big blue button")
     await wait_done(ai)
-    # The checkpoint is labelled by its time and the prompt's first words, not by a run id.
+    # The checkpoint is labelled by its time, the prompt's first words and the files changed, not by a run id.
     entry = page.locator("#checkpoints li").first
-    await expect(entry).to_contain_text(re.compile(r"\d{1,2}:\d{2}.*a counter site with a big"))
+    await expect(entry).to_contain_text(re.compile(r"\d{1,2}:\d{2}.*a counter site with a big.*· 3 files changed"))
     await entry.get_by_role("button", name="changes").click()
     view = page.locator("#diff-view")
     await expect(view).to_be_visible()

@@ -8,7 +8,6 @@ preview link must allow), in the page's iframe and in a tab of its own.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -16,28 +15,21 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from app.build import BuildSettings
 from app.settings import Settings
-from tests.browser.conftest import Screenshot
+from tests.browser.conftest import BUILD_MS, Screenshot, building_server
 from tests.browser.test_panels import AI, IframeTarget, expect, run_id_of, wait_done
 from tests.support import ServerThread
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, ConsoleMessage, Page
 
-BUILD_MS = 180_000  # a cold npm install from the registry, then vite: generous, only against hangs
 HEADING = "Hi, I'm"  # the portfolio preset's hero heading, rendered by Vue
 
 
 @pytest.fixture
 def server(settings: Settings) -> Iterator[ServerThread]:
     """This module's server builds: what every other browser test switches off."""
-    if os.environ.get("RUNFORGE_SKIP_NPM_BUILDS") == "1":
-        pytest.skip("needs npm and the npm registry (RUNFORGE_SKIP_NPM_BUILDS=1)")
-    builds = BuildSettings(install_timeout_s=BUILD_MS / 1000, build_timeout_s=120.0)
-    thread = ServerThread(settings.with_overrides(build=builds)).start()
-    yield thread
-    thread.stop()
+    yield from building_server(settings)
 
 
 async def test_the_portfolio_preset_builds_and_renders_in_the_preview(
