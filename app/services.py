@@ -16,6 +16,7 @@ from app.checkpoints import Checkpoints
 from app.cluster import Cluster
 from app.cluster.node import new_worker_id
 from app.control.manager import RunManager
+from app.control.pending_stops import PendingStopLimits, PendingStops
 from app.limits import UserLimits
 from app.llm.client import LLMClient
 from app.llm.simulator import SimulatorConfig, SimulatorServer
@@ -95,6 +96,9 @@ class Services:
             peers=cluster,
             metrics=Metrics(),
             max_active_per_user=settings.limits.max_active_runs_per_user,
+            pending_stops=PendingStops(
+                PendingStopLimits(settings.limits.pending_stop_s, settings.limits.pending_stops_per_user)
+            ),
         )
         if cluster is not None:
             await cluster.start(manager)

@@ -62,6 +62,10 @@ class LimitSettings:
     gen_per_minute: int = 120
     # Stop requests (chat/stop, runs/{id}/stop, /v1/interrupt, WebSocket INTERRUPT) per user per minute.
     stops_per_minute: int = 600
+    # A stop for a run id not started yet is remembered this long, for the user's start with that id
+    # (app/control/pending_stops.py); a user's oldest goes past this many.
+    pending_stop_s: float = 30.0
+    pending_stops_per_user: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,10 @@ def _limit_settings(get: Callable[[str], str | None]) -> LimitSettings:
         ),
         gen_per_minute=_int(get("GEN_PER_MINUTE"), "GEN_PER_MINUTE", defaults.gen_per_minute, minimum=0),
         stops_per_minute=_int(get("STOPS_PER_MINUTE"), "STOPS_PER_MINUTE", defaults.stops_per_minute, minimum=0),
+        pending_stop_s=_float(get("PENDING_STOP_S"), "PENDING_STOP_S", defaults.pending_stop_s),
+        pending_stops_per_user=_int(
+            get("PENDING_STOPS_PER_USER"), "PENDING_STOPS_PER_USER", defaults.pending_stops_per_user, minimum=1
+        ),
     )
 
 

@@ -337,9 +337,9 @@ BAD_INPUT = [
     # stop
     pytest.param("POST", "/app/chat/stop", {"json": {}}, 400, "invalid_request", id="stop-no-runId"),
     pytest.param("POST", "/app/chat/stop", {"content": b"{", "headers": JSON}, 400, "bad_request", id="stop-bad-json"),
-    pytest.param("POST", "/app/chat/stop", {"json": {"runId": "nope"}}, 404, "run_not_found", id="stop-unknown"),
-    pytest.param("POST", "/chat/stop", {"json": {"runId": "nope"}}, 404, "run_not_found", id="stop-alias-unknown"),
-    pytest.param("POST", "/runs/nope/stop", {}, 404, "run_not_found", id="stop-path-unknown"),
+    pytest.param("POST", "/app/chat/stop", {"json": {"runId": "no pe"}}, 400, "invalid_run_id", id="stop-bad-id"),
+    pytest.param("POST", "/chat/stop", {"json": {"runId": "-nope"}}, 400, "invalid_run_id", id="stop-alias-bad-id"),
+    pytest.param("POST", "/runs/no%20pe/stop", {}, 400, "invalid_run_id", id="stop-path-bad-id"),
     # runs
     pytest.param("GET", "/runs/nope", {}, 404, "run_not_found", id="run-unknown"),
     pytest.param("GET", "/runs/nope/events", {}, 404, "run_not_found", id="events-unknown"),

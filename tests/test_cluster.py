@@ -252,10 +252,17 @@ async def test_a_stop_through_another_worker_answers_as_the_owner_would(cluster:
         await wait_for_status(h2, "done-1", "completed")
         answer = await h2.post("/app/chat/stop", json={"runId": "done-1"})
         assert (answer.status_code, answer.json()["status"]) == (200, "completed")
-        # An unknown run: 404, after the owners had their chance to answer.
-        assert (await h2.post("/app/chat/stop", json={"runId": "nobody"})).status_code == 404
+        # A run no worker has started: pending, after the owners had their chance to answer; the
+        # stop reached every worker, so a start on another one takes it.
+        pending = await h2.post("/app/chat/stop", json={"runId": "later-1"})
+        assert (pending.status_code, pending.json()["status"]) == (202, "pending")
+        body = gen_body(await new_app(h1), "later-1", message="[sim:long_text tokens=5]")
+        async with open_stream(h1, "POST", "/app/chat/gen/code", json=body) as (_, events):
+            later = await collect(events)
+        assert (later[-1].event, later[-1].data.get("reason")) == ("interrupted", "user_stop"), later
+        assert not [e for e in later if e.event == "message"], later
         # A rollback stop through the other worker answers once the owner has restored the files.
-        # (A new app for each long run: the simulator follows the first directive in the history.)
+        # (A new app for each long run: a follow-up without a directive goes on with the first's.)
         app_id = await new_app(h1)
         async with open_stream(h1, "POST", "/app/chat/gen/code", json=gen_body(app_id, "rb-1")) as (_, events):
             await collect(events, until=lambda e: e.event == "message")

@@ -285,10 +285,12 @@ async def test_interrupt_before_the_upstream_answers_still_ends_normally(
 async def test_interrupt_errors(
     oai: openai.AsyncOpenAI, client: httpx.AsyncClient, other_client: httpx.AsyncClient
 ) -> None:
-    unknown = await client.post("/v1/interrupt", json={"requestId": "nobody"})
+    unknown = await client.post("/v1/interrupt", json={"requestId": "no body"})  # no request has that id
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "request_not_found"
-    assert "nobody" in unknown.json()["error"]["message"]
+    assert "no body" in unknown.json()["error"]["message"]
+    not_yet = await client.post("/v1/interrupt", json={"requestId": "nobody"})  # remembered for its start
+    assert (not_yet.status_code, not_yet.json()["status"]) == (202, "pending")
     missing = await client.post("/v1/interrupt", json={})
     assert missing.status_code == 400
     assert missing.json()["error"]["type"] == "invalid_request_error"

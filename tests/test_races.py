@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.control.cancel import StopReason
+from app.control.cancel import StopMode, StopReason
 from app.control.manager import Multitask, RunManager, RunRequest
 from app.control.outcomes import Completion, RunFailed
 from app.control.run import CancelOutcome, Run, RunStatus
@@ -89,6 +89,33 @@ async def test_a_stop_during_the_insert_is_not_lost(
     await run.wait_finished()
     assert run.status is RunStatus.INTERRUPTED
     row = await store.get("r1")
+    assert row is not None
+    assert (row.status, row.stop_reason) == ("interrupted", "user_stop")
+
+
+async def test_a_remembered_stop_ends_its_start_before_the_job_runs(
+    store: HeldInsert, owner_and_apps: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """The stop came before the start (app/control/pending_stops.py): the run is made stopped."""
+    called: list[str] = []
+
+    async def job(run: Run) -> Completion:
+        called.append(run.id)
+        return await until_stopped(run)
+
+    manager = RunManager(store, job)
+    user, app, _ = owner_and_apps
+    manager.remember_stop("someone else", "r-early", StopMode.IMMEDIATE)
+    manager.remember_stop(user, "r-early", StopMode.ROLLBACK)
+    run = await manager.start(request("r-early", app, user, tmp_path))
+    await run.wait_finished()
+    assert (run.status, run.stop_reason, run.stop_mode) == (
+        RunStatus.INTERRUPTED,
+        StopReason.USER_STOP,
+        StopMode.ROLLBACK,
+    )
+    assert called == []  # nothing of the run ran: no upstream request, no tool, no build
+    row = await store.get("r-early")
     assert row is not None
     assert (row.status, row.stop_reason) == ("interrupted", "user_stop")
 

@@ -221,30 +221,50 @@ class AgentSession:
             starting.interrupted = True  # its run stops the moment it exists
             return "SUCCESS", None
         run = self._services.manager.get(request_id)
-        if run is not None and run.user_id == self._user.id:
-            outcome = run.cancel(StopReason.USER_STOP)
-            return ("SUCCESS", None) if outcome is CancelOutcome.STOPPING else ("ALREADY_FINISHED", None)
-        if run is None:
-            try:
-                remote = await stop_elsewhere(
-                    self._services, self._user, request_id, StopReason.USER_STOP, StopMode.IMMEDIATE
-                )
-            except Forbidden:  # another user's run is unknown to this socket
-                return "NOT_FOUND", self._not_found_hint(request_id)
-            if remote is not None:
-                return ("SUCCESS" if remote.stopping else "ALREADY_FINISHED"), None
-            row = await self._services.runs.get(request_id)
-            if row is not None and row.user_id == self._user.id:
-                return "ALREADY_FINISHED", None
-        return "NOT_FOUND", self._not_found_hint(request_id)
+        if run is not None:
+            return self._stop_live(run, request_id)
+        hint = self._message_id_hint(request_id)
+        if hint is not None or not RUN_ID_PATTERN.fullmatch(request_id):
+            return "NOT_FOUND", hint or _unknown_hint(request_id)
+        # Remembered before any await: a start that is on its way takes it (pending_stops.py).
+        self._services.manager.remember_stop(self._user.id, request_id, StopMode.IMMEDIATE)
+        return await self._stop_elsewhere(request_id)
 
-    def _not_found_hint(self, unknown_id: str) -> str:
+    def _stop_live(self, run: Run, request_id: str) -> tuple[str, str | None]:
+        if run.user_id != self._user.id:  # another user's run is unknown to this socket
+            return "NOT_FOUND", _unknown_hint(request_id)
+        outcome = run.cancel(StopReason.USER_STOP)
+        return ("SUCCESS", None) if outcome is CancelOutcome.STOPPING else ("ALREADY_FINISHED", None)
+
+    async def _stop_elsewhere(self, request_id: str) -> tuple[str, str | None]:
+        """Another worker's run (stopped through it), a finished one, or one not started yet."""
+        manager = self._services.manager
+        try:
+            remote = await stop_elsewhere(
+                self._services, self._user, request_id, StopReason.USER_STOP, StopMode.IMMEDIATE
+            )
+        except Forbidden:
+            manager.forget_stop(self._user.id, request_id)
+            return "NOT_FOUND", _unknown_hint(request_id)
+        if remote is not None:
+            manager.forget_stop(self._user.id, request_id)
+            return ("SUCCESS" if remote.stopping else "ALREADY_FINISHED"), None
+        row = await self._services.runs.get(request_id)
+        run = manager.get(request_id)
+        if run is not None:  # started during those awaits: it took the remembered stop
+            return self._stop_live(run, request_id)
+        if row is None:
+            return "PENDING", f"no request {request_id!r} yet: it is interrupted as it starts"
+        manager.forget_stop(self._user.id, request_id)  # the id is taken: no request can use it
+        return ("ALREADY_FINISHED", None) if row.user_id == self._user.id else ("NOT_FOUND", _unknown_hint(request_id))
+
+    def _message_id_hint(self, unknown_id: str) -> str | None:
         message_ids = {request_id: message_id for request_id, (_, message_id) in self._runs.items()}
         message_ids |= {request_id: starting.message_id for request_id, starting in self._starting.items()}
         for request_id, message_id in message_ids.items():
             if message_id == unknown_id:
                 return f"{unknown_id!r} is a messageId: interrupt by its requestId {request_id!r}"
-        return f"no request {unknown_id!r}: INTERRUPT takes the requestId from the ACK"
+        return None
 
     # -- one request -----------------------------------------------------------------------
 
@@ -339,3 +359,7 @@ def _error(code: str, message: str, **echo: str | None) -> str:
     body: dict[str, Any] = {"type": "ERROR", "code": code, "message": message}
     body |= {key: value for key, value in echo.items() if value is not None}
     return _encoder.encode(body).decode()
+
+
+def _unknown_hint(unknown_id: str) -> str:
+    return f"no request {unknown_id!r}: INTERRUPT takes the requestId from the ACK"

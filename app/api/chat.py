@@ -25,11 +25,11 @@ from app.api.openapi import (
     response,
 )
 from app.api.sse import event_stream
-from app.api.stopping import stop_elsewhere
+from app.api.stopping import RemoteStop, stop_elsewhere
 from app.control.cancel import StopMode, StopReason
 from app.control.manager import Multitask, RunRequest
 from app.control.run import RUN_ID_PATTERN, CancelOutcome, OnDisconnect, Run
-from app.errors import BadRequest, NotFound, PayloadTooLarge
+from app.errors import BadRequest, PayloadTooLarge
 from app.services import Services
 from app.store.models import User
 
@@ -45,7 +45,7 @@ RUN_ID_SCHEMA = documented(pattern=RUN_ID)
 START_ERRORS = {**APP_ERRORS, **error_responses(409, 413, 429, 503)}
 STOP_RESPONSES = {
     200: response("The run has ended: its final status (a rollback stop answers once the files are back)"),
-    **error_responses(400, 401, 403, 404, 429),
+    **error_responses(400, 401, 403, 429),
 }
 
 
@@ -58,7 +58,7 @@ class GenRequest(msgspec.Struct):
 
 
 class StopRequest(msgspec.Struct):
-    runId: str
+    runId: Annotated[str, RUN_ID_SCHEMA]
     mode: StopMode = StopMode.IMMEDIATE
 
 
@@ -146,34 +146,53 @@ def _run_id_from(request: Request[Any, Any, Any]) -> str:
 async def stop_run(
     services: Services, user: User, run_id: str, mode: StopMode = StopMode.IMMEDIATE
 ) -> Response[dict[str, Any]]:
-    """202 while the stop takes effect; 200 with the final status once there is one.
-
-    A rollback stop answers after the restore, so the client knows its files are back.
+    """202 while the stop takes effect (``pending`` for a run not started yet); 200 with the final
+    status once there is one. A rollback stop answers after the restore, so the client knows its
+    files are back.
     """
+    check_run_id(run_id)  # a remembered stop is small: ids are at most 64 characters
     services.limits.take_stop(user.id)
     run = services.manager.get(run_id)
     if run is None:
+        # Remembered before any await: a start that is on its way takes it (pending_stops.py).
+        services.manager.remember_stop(user.id, run_id, mode)
         return await _stop_recorded(services, user, run_id, mode)
-    check_run_owner(run.user_id, user, run_id)
+    return await _stop_live(run, user, mode)
+
+
+async def _stop_live(run: Run, user: User, mode: StopMode) -> Response[dict[str, Any]]:
+    check_run_owner(run.user_id, user, run.id)
     outcome = run.cancel(StopReason.USER_STOP, mode)
-    accepted = {"runId": run_id, "status": "stopping", "mode": run.stop_mode.value}
+    accepted = {"runId": run.id, "status": "stopping", "mode": run.stop_mode.value}
     if outcome is CancelOutcome.DEFERRED or (outcome is CancelOutcome.STOPPING and mode is not StopMode.ROLLBACK):
         return Response(accepted, status_code=HTTP_202_ACCEPTED)
     # Stopped already, completing, or rolling back: the final status follows within milliseconds.
     await run.wait_finished()
-    final = {"runId": run_id, "status": run.status.value, "mode": run.stop_mode.value, "rolledBack": run.rolled_back}
+    final = {"runId": run.id, "status": run.status.value, "mode": run.stop_mode.value, "rolledBack": run.rolled_back}
     return Response(final, status_code=HTTP_200_OK)
 
 
 async def _stop_recorded(services: Services, user: User, run_id: str, mode: StopMode) -> Response[dict[str, Any]]:
-    """A run not in this worker's memory: another worker's (stopped through it), or finished."""
+    """A run not in this worker's memory: another worker's (stopped through it), finished, or not
+    started yet (the stop is remembered for it)."""
     remote = await stop_elsewhere(services, user, run_id, StopReason.USER_STOP, mode)
-    if remote is None:
-        row = await services.runs.get(run_id)
-        if row is None:
-            raise NotFound(f"no run {run_id!r}", code="run_not_found")
-        check_run_owner(row.user_id, user, run_id)
-        return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
+    if remote is not None:
+        services.manager.forget_stop(user.id, run_id)
+        return await _stopped_remotely(services, run_id, mode, remote)
+    row = await services.runs.get(run_id)
+    run = services.manager.get(run_id)
+    if run is not None:  # started here during those awaits: it took the remembered stop
+        return await _stop_live(run, user, mode)
+    if row is None:
+        return Response({"runId": run_id, "status": "pending", "mode": mode.value}, status_code=HTTP_202_ACCEPTED)
+    services.manager.forget_stop(user.id, run_id)  # the id is taken: no start can use it
+    check_run_owner(row.user_id, user, run_id)
+    return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
+
+
+async def _stopped_remotely(
+    services: Services, run_id: str, mode: StopMode, remote: RemoteStop
+) -> Response[dict[str, Any]]:
     if remote.stopping and mode is not StopMode.ROLLBACK:
         return Response({"runId": run_id, "status": "stopping", "mode": remote.mode}, status_code=HTTP_202_ACCEPTED)
     # As on the owner: stopped already, completing, or rolling back: answer with the final status.

@@ -17,16 +17,16 @@ from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import Body
-from litestar.status_codes import HTTP_200_OK
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
 
 from app.api.deps import CurrentUser, ServicesDep, bearer_token, check_run_owner
-from app.api.openapi import error_responses
+from app.api.openapi import error_responses, response
 from app.api.proxy_relay import AsgiReply, relay
 from app.api.stopping import stop_elsewhere
 from app.control.cancel import StopMode, StopReason
 from app.control.manager import RunRequest
-from app.control.run import CancelOutcome, Run, RunKind
+from app.control.run import RUN_ID_PATTERN, CancelOutcome, Run, RunKind
 from app.errors import AppError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, error_headers
 from app.llm.client import UpstreamError
 from app.proxy import ChatExchange, ProxyRequest, parse_proxy_request, run_chat
@@ -137,13 +137,25 @@ async def list_models(services: ServicesDep, user: CurrentUser) -> dict[str, Any
     return await services.llm.list_models()
 
 
-@post("/interrupt", status_code=HTTP_200_OK, responses=error_responses(400, 401, 403, 404, 429, openai=True))
-async def interrupt(data: InterruptBody, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
+INTERRUPT_RESPONSES = {
+    202: response("No such request yet: the interrupt is remembered, and stops it as it starts"),
+    **error_responses(400, 401, 403, 404, 429, openai=True),
+}
+
+
+@post("/interrupt", status_code=HTTP_200_OK, responses=INTERRUPT_RESPONSES)
+async def interrupt(data: InterruptBody, services: ServicesDep, user: CurrentUser) -> Response[dict[str, Any]]:
     request_id = _interrupt_target(data)
     services.limits.take_stop(user.id)
     run = services.manager.get(request_id)
     if run is None:
+        if RUN_ID_PATTERN.fullmatch(request_id):  # an id a request could have: remembered for it
+            services.manager.remember_stop(user.id, request_id, StopMode.IMMEDIATE)
         return await _interrupt_recorded(services, user, request_id)
+    return _interrupt_live(run, user, request_id)
+
+
+def _interrupt_live(run: Run, user: User, request_id: str) -> Response[dict[str, Any]]:
     check_run_owner(run.user_id, user, request_id)
     outcome = run.cancel(StopReason.USER_STOP)
     if outcome is CancelOutcome.STOPPING:
@@ -161,22 +173,31 @@ def _interrupt_target(data: InterruptRequest) -> str:
     return ids.pop()
 
 
-async def _interrupt_recorded(services: Services, user: User, request_id: str) -> dict[str, Any]:
-    """A request this worker does not hold: another worker's (stopped through it), or finished."""
+async def _interrupt_recorded(services: Services, user: User, request_id: str) -> Response[dict[str, Any]]:
+    """A request this worker does not hold: another worker's (stopped through it), finished, or
+    not started yet (the stop is remembered for it)."""
     remote = await stop_elsewhere(services, user, request_id, StopReason.USER_STOP, StopMode.IMMEDIATE)
     if remote is not None:
+        services.manager.forget_stop(user.id, request_id)
         if remote.stopping:
             return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", remote.status)
         return _interrupt_answer(request_id, f"Request {request_id} had already finished", remote.status)
     row = await services.runs.get(request_id)
+    run = services.manager.get(request_id)
+    if run is not None:  # started here during those awaits: it took the remembered stop
+        return _interrupt_live(run, user, request_id)
     if row is None:
-        raise NotFound(f"no request {request_id!r}: it never ran here or is unknown", code="request_not_found")
+        if not RUN_ID_PATTERN.fullmatch(request_id):
+            raise NotFound(f"no request {request_id!r}: not a request id", code="request_not_found")
+        message = f"Request {request_id} has not started: it is interrupted as it starts"
+        return _interrupt_answer(request_id, message, "pending", HTTP_202_ACCEPTED)
+    services.manager.forget_stop(user.id, request_id)  # the id is taken: no request can use it
     check_run_owner(row.user_id, user, request_id)
     return _interrupt_answer(request_id, f"Request {request_id} had already finished", row.status)
 
 
-def _interrupt_answer(request_id: str, message: str, status: str) -> dict[str, Any]:
-    return {"message": message, "requestId": request_id, "status": status}
+def _interrupt_answer(request_id: str, message: str, status: str, code: int = HTTP_200_OK) -> Response[dict[str, Any]]:
+    return Response({"message": message, "requestId": request_id, "status": status}, status_code=code)
 
 
 def _app_error(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, Any]]:

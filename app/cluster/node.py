@@ -34,7 +34,7 @@ from app.cluster.stops import FORBIDDEN, ForgetApp, StopBus, StopMessage, StopRe
 from app.cluster.streams import RunStreams, StreamPublisher
 from app.control.cancel import StopMode, StopReason
 from app.control.events import Failed, log_event
-from app.control.run import Run
+from app.control.run import RUN_ID_PATTERN, Run
 from app.errors import AppBusy, Conflict
 from app.settings import ClusterSettings
 from app.store.db import Database
@@ -59,6 +59,7 @@ class LocalRuns(Protocol):
 
     def get(self, run_id: str) -> Run | None: ...
     def forget_app(self, app_id: str) -> None: ...
+    def remember_stop(self, user_id: str, run_id: str, mode: StopMode) -> None: ...
 
 
 def new_worker_id() -> str:
@@ -237,6 +238,7 @@ class Cluster:
     def _on_stop(self, message: StopMessage) -> None:
         run = self._local.get(message.runId) if self._local else None
         if run is None:
+            self._remember(message)
             return  # not (or no longer) here: its owner answers, or reconciliation settles its row
         if message.userId is not None and message.userId != run.user_id:
             self._answer(message, StopReply("", run.id, FORBIDDEN, run.status.value, run.stop_mode.value))
@@ -248,6 +250,14 @@ class Cluster:
             return
         outcome = run.cancel(reason, mode)
         self._answer(message, StopReply("", run.id, outcome.value, run.status.value, run.stop_mode.value))
+
+    def _remember(self, message: StopMessage) -> None:
+        """A user's stop for a run no worker may have made yet: if this worker is the one about to
+        make it, its start takes the stop (app/control/pending_stops.py)."""
+        if self._local is None or message.userId is None or RUN_ID_PATTERN.fullmatch(message.runId) is None:
+            return
+        with contextlib.suppress(ValueError):
+            self._local.remember_stop(message.userId, message.runId, StopMode(message.mode))
 
     def _answer(self, message: StopMessage, reply: StopReply) -> None:
         if message.replyTo is None or message.ticket is None:

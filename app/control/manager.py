@@ -20,7 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from app.control.cancel import StopReason
+from app.control.cancel import StopMode, StopReason
+from app.control.pending_stops import PendingStops
 from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder, RunStatus
 from app.errors import AppBusy, AppError, Conflict, ServiceUnavailable, TooManyRequests
 from app.metrics import Metrics
@@ -95,8 +96,10 @@ class RunManager:
         peers: RunPeers | None = None,
         metrics: Metrics | None = None,
         max_active_per_user: int = 0,
+        pending_stops: PendingStops | None = None,
     ) -> None:
         self._store = store
+        self._pending_stops = pending_stops or PendingStops()
         self._max_active_per_user = max_active_per_user  # 0: no limit
         self.metrics = metrics or Metrics()
         self._job = job
@@ -154,6 +157,16 @@ class RunManager:
         return len(self._outcome_writes)
 
     # -- commands --------------------------------------------------------------------------
+
+    def remember_stop(self, user_id: str, run_id: str, mode: StopMode) -> None:
+        """A stop for a run not (yet) here: the user's start with this id, within the window, is
+        stopped as it is made (app/control/pending_stops.py). Synchronous, like ``get``: between
+        a ``get`` that found nothing and this call no start can make the run."""
+        self._pending_stops.remember(user_id, run_id, mode)
+
+    def forget_stop(self, user_id: str, run_id: str) -> None:
+        """The remembered stop is moot (the id is another worker's run, or a finished one)."""
+        self._pending_stops.forget(user_id, run_id)
 
     async def start(self, request: RunRequest) -> Run:
         if self._closing:
@@ -308,6 +321,9 @@ class RunManager:
         self._active_by_user[run.user_id] += 1
         if run.app_id is not None:
             self._active_by_app[run.app_id] = run
+        pending = self._pending_stops.take(run.user_id, run.id)
+        if pending is not None:  # its stop came first: it ends interrupted before doing anything
+            run.cancel(StopReason.USER_STOP, pending)
         job = request.job or self._job
         # Several workers: a stop from another worker finds a run by its row, so the row comes first.
         if request.deferred_insert and self._peers is None:
