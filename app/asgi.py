@@ -25,6 +25,7 @@ from app.api.deps import provide_services, provide_user
 from app.api.home import healthz, home, metrics, readyz
 from app.api.openai_compat import v1_router
 from app.api.preview import PreviewController
+from app.api.requests import JsonRequest
 from app.api.runs import RunsController
 from app.api.templates import list_templates
 from app.api.workspace import WorkspaceController
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> Litestar:
             "user": Provide(provide_user),
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=JsonRequest,
         lifespan=[lifespan],
         before_send=[echo_request_id],
         request_max_body_size=settings.max_body_bytes,

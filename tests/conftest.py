@@ -11,7 +11,7 @@ import pytest
 
 from app.build import BuildSettings
 from app.control.cancel import StopGate
-from app.settings import LLMSettings, Settings
+from app.settings import LimitSettings, LLMSettings, Settings
 
 # PostgreSQL and Redis, for the tests that need them (skip, or fail under RUNFORGE_REQUIRE_SERVICES=1).
 from tests.services import pg_database_url, redis_url  # noqa: F401
@@ -65,6 +65,16 @@ def settings(tmp_path: Path, test_database_url: str | None) -> Settings:
 @pytest.fixture
 def server(settings: Settings) -> Iterator[ServerThread]:
     thread = ServerThread(settings).start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def unlimited_server(settings: Settings) -> Iterator[ServerThread]:
+    """A server without rate limits, for a module's `server` when it sends hundreds of starts and
+    stops a minute (stress and fuzz tests)."""
+    unlimited = LimitSettings(max_active_runs_per_user=0, gen_per_minute=0, stops_per_minute=0)
+    thread = ServerThread(settings.with_overrides(limits=unlimited)).start()
     yield thread
     thread.stop()
 

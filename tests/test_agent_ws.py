@@ -285,6 +285,12 @@ async def test_malformed_messages_get_an_error_and_the_socket_stays_open(
     payload = {"appId": html_app, "message": "a page"}
     cases: list[tuple[str | bytes, str, dict[str, str]]] = [
         ("this is not json", "invalid_json", {}),
+        ("[" * 100_000 + "]" * 100_000, "invalid_json", {}),  # nested too deep to decode
+        (
+            json.dumps({"type": "REQUEST", "payload": payload, "x": 1})[:-1] + ', "deep": ' + "[" * 100_000 + "}",
+            "invalid_json",
+            {},
+        ),
         ("[1, 2]", "invalid_message", {}),
         (json.dumps({"type": "REQUEST", "payload": payload}).encode(), "invalid_message", {}),
         (json.dumps({"type": "HELLO"}), "unknown_type", {}),
@@ -309,6 +315,8 @@ async def test_malformed_messages_get_an_error_and_the_socket_stays_open(
         ),
     ]
     async with agent(server, token) as ws:
+        await ws.request(html_app, "a page [sim:long_text pace=20 tokens=150]", requestId="r-live")
+        await ws.until_texts("r-live", 1)
         for frame, code, echo in cases:
             await ws.socket.send(frame)
             error = await ws.recv()
@@ -317,6 +325,8 @@ async def test_malformed_messages_get_an_error_and_the_socket_stays_open(
             assert error["message"]
             assert {k: error[k] for k in ("requestId", "messageId") if k in error} == echo, (frame, error)
         assert ws.socket.close_code is None
+        # The run that was live through all of it goes on to its end.
+        assert_stream(await ws.until_terminal("r-live"), "r-live", None, "DONE")
 
         await ws.request(html_app, "a page", requestId="r-valid")
         assert_stream(await ws.until_terminal("r-valid"), "r-valid", None, "DONE")

@@ -226,10 +226,17 @@ GEN = "/app/chat/gen/code"
 TOO_LONG = "x" * (Settings().max_message_chars + 1)
 DEFAULT_MAX_BODY_BYTES = Settings().max_body_bytes
 OVER_BODY_LIMIT = b'{"name": "' + b"x" * DEFAULT_MAX_BODY_BYTES + b'"}'
+# Nested far deeper than any decoder recurses (msgspec refuses with RecursionError), under the body limit.
+DEEP_ARRAY = b"[" * 100_000 + b"]" * 100_000
+DEEP_OBJECT = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
 
 # (method, path, request kwargs, status, error code). {app}, {foreign}, {run} are filled in.
 BAD_INPUT = [
-    pytest.param("POST", "/apps", {"content": b'{"name": ', "headers": JSON}, 400, "bad_request", id="apps-bad-json"),
+    pytest.param("POST", "/apps", {"content": b'{"name": ', "headers": JSON}, 400, "invalid_json", id="apps-bad-json"),
+    pytest.param("POST", "/apps", {"content": DEEP_ARRAY, "headers": JSON}, 400, "invalid_json", id="apps-deep-array"),
+    pytest.param(
+        "POST", "/apps", {"content": DEEP_OBJECT, "headers": JSON}, 400, "invalid_json", id="apps-deep-object"
+    ),
     pytest.param("POST", "/apps", {"json": {"name": 5}}, 400, "invalid_request", id="apps-wrong-type"),
     pytest.param("POST", "/apps", {"json": ["a"]}, 400, "invalid_request", id="apps-not-an-object"),
     pytest.param("POST", "/apps", {"json": {"nmae": "x"}}, 400, "invalid_request", id="apps-unknown-field"),
@@ -294,7 +301,8 @@ BAD_INPUT = [
         id="get-multitask",
     ),
     # gen, POST
-    pytest.param("POST", GEN, {"content": b"{", "headers": JSON}, 400, "bad_request", id="post-bad-json"),
+    pytest.param("POST", GEN, {"content": b"{", "headers": JSON}, 400, "invalid_json", id="post-bad-json"),
+    pytest.param("POST", GEN, {"content": DEEP_OBJECT, "headers": JSON}, 400, "invalid_json", id="post-deep-json"),
     pytest.param("POST", GEN, {"json": {"message": "hi"}}, 400, "invalid_request", id="post-no-appId"),
     pytest.param("POST", GEN, {"json": {"appId": "{app}"}}, 400, "invalid_request", id="post-no-message"),
     pytest.param("POST", GEN, {"json": {"appId": "{app}", "message": 7}}, 400, "invalid_request", id="post-msg-type"),
@@ -336,7 +344,10 @@ BAD_INPUT = [
     ),
     # stop
     pytest.param("POST", "/app/chat/stop", {"json": {}}, 400, "invalid_request", id="stop-no-runId"),
-    pytest.param("POST", "/app/chat/stop", {"content": b"{", "headers": JSON}, 400, "bad_request", id="stop-bad-json"),
+    pytest.param("POST", "/app/chat/stop", {"content": b"{", "headers": JSON}, 400, "invalid_json", id="stop-bad-json"),
+    pytest.param(
+        "POST", "/app/chat/stop", {"content": DEEP_ARRAY, "headers": JSON}, 400, "invalid_json", id="stop-deep"
+    ),
     pytest.param("POST", "/app/chat/stop", {"json": {"runId": "no pe"}}, 400, "invalid_run_id", id="stop-bad-id"),
     pytest.param("POST", "/chat/stop", {"json": {"runId": "-nope"}}, 400, "invalid_run_id", id="stop-alias-bad-id"),
     pytest.param("POST", "/runs/no%20pe/stop", {}, 400, "invalid_run_id", id="stop-path-bad-id"),

@@ -438,6 +438,7 @@ async def test_unreachable_upstream_is_a_502(tmp_path: Path) -> None:
     [
         (b"{not json", 400, "invalid_json"),
         (b"[]", 400, "invalid_json"),
+        (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_json"),  # nested too deep
         (b'{"model": "m"}', 400, "invalid_messages"),
         (b'{"messages": []}', 400, "invalid_messages"),
         (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', 400, "invalid_stream"),

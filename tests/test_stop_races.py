@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from app.settings import LimitSettings, Settings
 from tests.support import HANG_TIMEOUT_S, Event, ServerThread, collect, gen_url, open_stream
 from tests.test_agent_ws import agent, is_text
 from tests.test_api import assert_error_body
@@ -30,12 +29,8 @@ STOP_DELAYS_MS = (-2, -1, 0, 0, 1, 2, 3, 5, 10, 20)
 
 
 @pytest.fixture
-def server(settings: Settings) -> Iterator[ServerThread]:
-    """Without rate limits: the stress sends hundreds of starts and stops a minute."""
-    unlimited = LimitSettings(max_active_runs_per_user=0, gen_per_minute=0, stops_per_minute=0)
-    thread = ServerThread(settings.with_overrides(limits=unlimited)).start()
-    yield thread
-    thread.stop()
+def server(unlimited_server: ServerThread) -> ServerThread:
+    return unlimited_server  # hundreds of starts and stops a minute
 
 
 class HeldRowRead:

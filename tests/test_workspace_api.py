@@ -546,7 +546,9 @@ async def test_revert_refuses_bad_requests_and_changes_nothing(server: ServerThr
     for body in ({}, {"runId": 1}, {"runId": None}, {"runId": "r-1", "mode": "hard"}, ["r-1"]):
         assert_error_body(await client.post(url, json=body), 400, "invalid_request")
     bad_json = await client.post(url, content=b'{"runId": ', headers={"content-type": "application/json"})
-    assert_error_body(bad_json, 400, "bad_request")
+    assert_error_body(bad_json, 400, "invalid_json")
+    deep = await client.post(url, content=b"[" * 100_000, headers={"content-type": "application/json"})
+    assert_error_body(deep, 400, "invalid_json")
 
     assert snapshot(workspace) == before
     assert len((await client.get(f"/apps/{app_id}/checkpoints")).json()) == 2

@@ -39,7 +39,7 @@ class ToolCall:
         """The arguments for the UI: parsed, with long strings cut to a preview."""
         try:
             parsed = json.loads(self.arguments) if self.arguments.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             return {"_raw": _preview(self.arguments)}
         if not isinstance(parsed, dict):
             return {"_raw": _preview(self.arguments)}

@@ -165,6 +165,8 @@ class AgentSession:
             message = msgspec.json.decode(text)
         except msgspec.DecodeError:
             raise ProtocolError("invalid_json", "the message is not valid JSON") from None
+        except RecursionError:  # msgspec's refusal of a message nested deeper than it can recurse
+            raise ProtocolError("invalid_json", "the message is nested too deeply to decode") from None
         if not isinstance(message, dict):
             raise ProtocolError("invalid_message", "a message is a JSON object with a 'type'")
         kind = message.get("type")

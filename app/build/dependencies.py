@@ -44,6 +44,8 @@ def _json_object(path: Path) -> dict[str, Any] | None:
         value = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
+    except RecursionError:  # json's refusal of a file nested deeper than it can recurse
+        raise DependencyRefused(f"{path.name} is nested too deeply to read") from None
     if not isinstance(value, dict):
         raise DependencyRefused(f"{path.name} is not a JSON object")
     return value

@@ -174,7 +174,7 @@ async def _skip_reason(workspace: Path, emit: Emit) -> tuple[str, str] | None:
     try:
         raw = await asyncio.to_thread(_read_if_present, workspace / "package.json")
         return _nothing_to_build(raw)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         # A project the agent broke: the run fails with a reason the user can act on.
         raise _failed(emit, "build", "build_failed", f"cannot read package.json: {_reason(exc)}", None) from None
 
@@ -199,7 +199,7 @@ def _nothing_to_build(raw: bytes | None) -> tuple[str, str] | None:
     return None
 
 
-def _reason(exc: OSError | ValueError) -> str:
+def _reason(exc: OSError | ValueError | RecursionError) -> str:
     # OSError's str() carries the absolute host path; its strerror is the reason alone.
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__

@@ -66,6 +66,8 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         raise BadRequest("the request body is not valid JSON", code="invalid_json") from None
+    except RecursionError:  # msgspec's refusal of a body nested deeper than it can recurse
+        raise BadRequest("the request body is nested too deeply to decode", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", code="invalid_json")
     return body
