@@ -203,7 +203,19 @@ def stop_all(children: list[Child]) -> None:
 
 
 def start_simulator(work: Path, children: list[Child]) -> Leg:
-    argv = [sys.executable, "-m", "app.llm.simulator", "--host", "127.0.0.1", "--port", "0", "--pace-ms", "20"]
+    argv = [
+        sys.executable,
+        "-m",
+        "app.llm.simulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-records",
+        "10000000",
+        "--pace-ms",
+        "20",
+    ]
     child = launch("simulator", argv, clean_env(), work / "simulator.log", children)
     match = wait_for_output(child, r"listening on http://127\.0\.0\.1:(\d+)/v1")
     return Leg("direct", int(match[1]), "runforge-sim")

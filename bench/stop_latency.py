@@ -226,7 +226,17 @@ def clean_env() -> dict[str, str]:
 
 
 def start_simulator(cfg: Config, work: Path, children: list[Child]) -> tuple[Child, str]:
-    argv = [sys.executable, "-m", "app.llm.simulator", "--host", "127.0.0.1", "--port", "0"]
+    argv = [
+        sys.executable,
+        "-m",
+        "app.llm.simulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-records",
+        "10000000",
+    ]
     argv += ["--pace-ms", str(cfg.pace_ms)]
     child = launch("simulator", argv, clean_env(), work / "simulator.log", children)
     match = wait_for_output(child, r"listening on (http://127\.0\.0\.1:\d+)/v1")

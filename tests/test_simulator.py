@@ -618,3 +618,19 @@ def test_standalone_module_prints_its_base_url_and_serves() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0  # Ctrl+C is a clean exit
+
+
+def test_the_record_is_bounded_keeping_open_requests_and_the_newest_prompts() -> None:
+    """The simulator serves as long as `make run` does: its record may not grow without end."""
+    recorder = Recorder(max_records=5, full_prompts=2)
+
+    def add(prompt: str) -> int:
+        return recorder.add(RequestRecord(0, "r", "page", "m", True, 0.0, 0, [], last_user_message=prompt))
+
+    still_open = add("first " + "x" * 5000)
+    for index in range(1, 20):
+        recorder.note_finished(add(f"{index} " + "y" * 5000), at=1.0)
+    records = recorder.records()
+    assert [r.seq for r in records] == [still_open, 17, 18, 19, 20]  # the oldest finished went first
+    assert recorder.open_requests() == 1
+    assert [len(r.last_user_message) for r in records] == [2000, 2000, 2000, 5003, 5003]  # newest two whole

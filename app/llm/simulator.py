@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import re
@@ -56,6 +58,9 @@ _JOIN_TIMEOUT_S = 5.0
 # A run's prompt is the user's message plus a preset's instruction and the app's current files
 # (up to 100,000 chars each): cutting it at the message limit would hide what a test checks.
 _RECORDED_PROMPT_CHARS = 400_000
+_SHORT_PROMPT_CHARS = 2_000  # what an older record keeps (see Recorder)
+DEFAULT_MAX_RECORDS = 10_000
+DEFAULT_FULL_PROMPTS = 32
 
 
 # --------------------------------------------------------------------------- configuration
@@ -111,13 +116,21 @@ class Recorder:
     Every change notifies a condition, so readers block in :meth:`wait_for` instead of polling.
     Sequence numbers are never reused, not even after :meth:`clear`, so a request still in
     flight across a ``clear()`` cannot update somebody else's record.
+
+    Bounded, because the simulator is also `make run`'s model and serves for as long as the
+    server does: at most ``max_records`` records (the oldest finished ones go first; a request
+    still open is never forgotten, so ``open_requests`` stays true), and only the newest
+    ``full_prompts`` keep their prompt up to 400,000 characters; older ones keep its first 2,000.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_records: int = DEFAULT_MAX_RECORDS, full_prompts: int = DEFAULT_FULL_PROMPTS) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[int, RequestRecord] = {}
         self._last_seq = 0
+        self._max_records = max_records
+        self._full_prompts = full_prompts
+        self._with_full_prompt: collections.deque[int] = collections.deque()
 
     def records(self, run_id: str | None = None) -> list[RequestRecord]:
         with self._lock:
@@ -142,8 +155,21 @@ class Recorder:
         with self._changed:
             self._last_seq += 1
             self._records[self._last_seq] = dataclasses.replace(record, seq=self._last_seq)
+            self._bound(self._last_seq)
             self._changed.notify_all()
             return self._last_seq
+
+    def _bound(self, newest: int) -> None:
+        self._with_full_prompt.append(newest)
+        while len(self._with_full_prompt) > self._full_prompts:
+            older = self._records.get(self._with_full_prompt.popleft())
+            if older is not None:
+                older.last_user_message = older.last_user_message[:_SHORT_PROMPT_CHARS]
+        excess = len(self._records) - self._max_records
+        if excess > 0:  # the oldest finished ones: usually the very oldest, so this stops at once
+            finished = (seq for seq, record in self._records.items() if not record.is_open)
+            for seq in list(itertools.islice(finished, excess)):
+                del self._records[seq]
 
     def note_status(self, seq: int, status: int) -> None:
         self._update(seq, lambda r: setattr(r, "status", status))
@@ -1344,10 +1370,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--pace-ms", type=float, default=SimulatorConfig.pace_ms)
     parser.add_argument("--default-scenario", default=SimulatorConfig.default_scenario, choices=list(SCENARIOS))
+    parser.add_argument(
+        "--max-records", type=int, default=DEFAULT_MAX_RECORDS, help="requests kept for GET /_sim/requests"
+    )
     args = parser.parse_args(argv)
     config = SimulatorConfig(pace_ms=args.pace_ms, default_scenario=args.default_scenario)
     sock = _bind(args.host, args.port)
-    app = create_simulator_app(config, Recorder())
+    app = create_simulator_app(config, Recorder(max_records=args.max_records))
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"LLM simulator listening on http://{host}:{sock.getsockname()[1]}/v1", flush=True)
     # uvicorn re-raises the captured SIGINT after its graceful shutdown: Ctrl+C is a clean exit.
