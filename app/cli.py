@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
+from app.http_protocol import AbortingHttpProtocol
 from app.logs import configure_logging
 from app.presets.commands import check_templates, list_templates, match_template
 from app.sandbox import banner_line
@@ -199,6 +200,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=_uvicorn_log_config(settings),
         access_log=not args.no_access_log,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
+        http=AbortingHttpProtocol,
     )
     # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT. Nothing went wrong: exit 0.
     with contextlib.suppress(KeyboardInterrupt):
@@ -241,6 +243,7 @@ def _serve_workers(workers: int, sock: socket.socket, *, access_log: bool, timeo
         log_config=_uvicorn_log_config(settings),
         access_log=access_log,
         timeout_graceful_shutdown=timeout,
+        http=AbortingHttpProtocol,
     )
     supervisor = Multiprocess(config, sockets=[sock])
     supervisor.run()

@@ -17,6 +17,7 @@ from app.cluster import Cluster
 from app.cluster.node import new_worker_id
 from app.control.manager import RunManager
 from app.control.pending_stops import PendingStopLimits, PendingStops
+from app.control.retention import RetentionLimits
 from app.limits import UserLimits
 from app.llm.client import LLMClient
 from app.llm.simulator import SimulatorConfig, SimulatorServer
@@ -92,7 +93,12 @@ class Services:
         manager = RunManager(
             runs,
             functools.partial(run_codegen, deps=deps),
-            retain_s=settings.finished_run_ttl_s,
+            retention=RetentionLimits(
+                settings.finished_run_ttl_s,
+                settings.max_retained_run_bytes,
+                settings.max_retained_bytes,
+                settings.max_live_run_bytes,
+            ),
             peers=cluster,
             metrics=Metrics(),
             max_active_per_user=settings.limits.max_active_runs_per_user,

@@ -84,10 +84,20 @@ class Settings:
     # (it carries whole conversations, sometimes images). Past them: 413.
     max_body_bytes: int = 1024 * 1024
     max_chat_body_bytes: int = 8 * 1024 * 1024
-    # How long a finished run's events stay in memory for `/runs/{id}/events` replays.
+    # How long a finished run's events stay in memory for `/runs/{id}/events` replays; a run whose
+    # events are over max_retained_run_bytes is not kept, and all kept runs stay under
+    # max_retained_bytes (oldest first). A run not kept replays its terminal event from its row.
     finished_run_ttl_s: float = 600.0
+    max_retained_run_bytes: int = 16 * 1024 * 1024
+    max_retained_bytes: int = 256 * 1024 * 1024
+    # What a live run holds of its events: past it the oldest a client has read are let go, and a
+    # joiner from before them starts at the oldest held (app/control/run.py, EventLog).
+    max_live_run_bytes: int = 64 * 1024 * 1024
     # Seconds between SSE keepalive comments.
     sse_ping_s: float = 15.0
+    # A client that does not take a write (an SSE piece, a /v1 chunk, a WebSocket message) within
+    # this long once its connection's buffers are full is disconnected, and its memory freed.
+    send_timeout_s: float = 30.0
     # How long shutdown waits for runs to record their interruption.
     shutdown_grace_s: float = 3.0
     # Freeze start-up objects out of the garbage collector. Process-wide: right for a server
@@ -164,6 +174,16 @@ class Settings:
             build=_build_settings(get),
             tool_delay_s=_float(get("TOOL_DELAY_MS"), "TOOL_DELAY_MS", 0.0) / 1000,
             finished_run_ttl_s=_float(get("FINISHED_RUN_TTL_S"), "FINISHED_RUN_TTL_S", defaults.finished_run_ttl_s),
+            send_timeout_s=_float(get("SEND_TIMEOUT_S"), "SEND_TIMEOUT_S", defaults.send_timeout_s),
+            max_retained_run_bytes=_int(
+                get("MAX_RETAINED_RUN_BYTES"), "MAX_RETAINED_RUN_BYTES", defaults.max_retained_run_bytes, minimum=0
+            ),
+            max_retained_bytes=_int(
+                get("MAX_RETAINED_BYTES"), "MAX_RETAINED_BYTES", defaults.max_retained_bytes, minimum=0
+            ),
+            max_live_run_bytes=_int(
+                get("MAX_LIVE_RUN_BYTES"), "MAX_LIVE_RUN_BYTES", defaults.max_live_run_bytes, minimum=1024
+            ),
             cluster=_cluster_settings(get),
             log_format=_choice(get("LOG_FORMAT"), "LOG_FORMAT", LOG_FORMATS, defaults.log_format),
             limits=_limit_settings(get),

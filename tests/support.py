@@ -21,6 +21,7 @@ import uvicorn
 from httpx_sse import aconnect_sse
 
 from app.asgi import create_app
+from app.http_protocol import AbortingHttpProtocol
 from app.llm.simulator import RequestRecord, SimulatorServer
 from app.services import Services
 from app.settings import Settings
@@ -40,7 +41,7 @@ class ServerThread:
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=3)
+        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=3, http=AbortingHttpProtocol)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="test-server", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -64,6 +65,13 @@ class ServerThread:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(HANG_TIMEOUT_S)
+
+    def connection_from(self, client_port: int) -> Any | None:
+        """The server's protocol object of the connection from this client port, if it is open."""
+        for protocol in list(self._server.server_state.connections):
+            if getattr(protocol, "client", None) == ("127.0.0.1", client_port):
+                return protocol
+        return None
 
     @property
     def services(self) -> Services:

@@ -43,12 +43,10 @@ log = logging.getLogger(__name__)
 # A socket may run this many requests at once; more are refused with ERROR too_many_requests.
 MAX_ACTIVE_PER_SOCKET = 32
 MAX_MESSAGE_ID_CHARS = 128
-# A client that cannot take a message within this time is treated as gone.
-SEND_TIMEOUT_S = 30.0
 UNAUTHORIZED_CLOSE = 4401
-TOO_SLOW_CLOSE = (
-    4408  # the client did not take a message within SEND_TIMEOUT_S  # an application close code: 4000 + the HTTP status
-)
+# The client did not take a message within the send timeout (settings.send_timeout_s); an
+# application close code: 4000 + the HTTP status.
+TOO_SLOW_CLOSE = 4408
 
 _TERMINAL = {Done.kind: "DONE", Interrupted.kind: "INTERRUPTED", Failed.kind: "FAILED"}
 _encoder = msgspec.json.Encoder()
@@ -135,7 +133,7 @@ class AgentSession:
     async def send(self, text: str) -> None:
         """Send one message, or hang up on a client that cannot take it (ClientGone)."""
         try:
-            async with self._send_lock, asyncio.timeout(SEND_TIMEOUT_S):
+            async with self._send_lock, asyncio.timeout(self._services.settings.send_timeout_s):
                 await self._send_text(text)
         except (OSError, TimeoutError, WebSocketDisconnect) as exc:
             self._hang_up()

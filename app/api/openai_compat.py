@@ -65,9 +65,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         # Without a run id, the app's hook echoes the client's X-Request-Id if it is a valid one.
         headers = [(name.lower().encode(), value.encode()) for name, value in error_headers(exc).items()]
         body = msgspec.json.encode(openai_error(exc.status, exc.code, exc.message))
-        await AsgiReply(send, run_id).json(exc.status, body, headers)
+        await AsgiReply(scope, send, run_id, services.settings.send_timeout_s).json(exc.status, body, headers)
         return
-    await relay(run, exchange, receive, send)
+    await relay(run, exchange, AsgiReply(scope, send, run.id, services.settings.send_timeout_s), receive)
 
 
 async def _receive(services: Services, scope: Scope, receive: Receive) -> tuple[User, ProxyRequest]:

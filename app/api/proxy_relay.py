@@ -4,32 +4,36 @@ The chat-completions route is a plain ASGI handler so that nothing sits between 
 socket and this code: no buffering, and ``http.disconnect`` is seen the moment it arrives (a
 watcher awaits ``receive()`` during the whole response, before the first token too). Every way
 the response can end without its last byte — the client closes, a send fails, a send blocks
-for SEND_TIMEOUT_S — stops the run, which closes the upstream connection.
+for the send timeout (``send_timeout_s``) — stops the run, which closes the upstream connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from litestar.types import Receive, Send
+from litestar.types import Receive, Scope, Send
 
 from app.control.cancel import StopReason
-from app.control.events import Done, Failed, Interrupted, LoggedEvent, UpstreamOpened
+from app.control.events import Done, Failed, Interrupted, LoggedEvent, UpstreamOpened, pieces
 from app.control.run import Run
+from app.http_protocol import abort_connection
 from app.proxy.errors import openai_error, upstream_failure
 from app.proxy.exchange import DONE_FRAME, ChatExchange, error_frame
-
-SEND_TIMEOUT_S = 30.0
 
 _STREAM_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
 )
+
+
+log = logging.getLogger(__name__)
+STALLED = "client stopped reading: disconnected after the send timeout (%.0f s)"
 
 
 class ClientGone(Exception):
@@ -39,8 +43,11 @@ class ClientGone(Exception):
 class AsgiReply:
     """The send side of one response, with a send timeout and disconnects as ClientGone."""
 
-    def __init__(self, send: Send, request_id: str | None) -> None:
+    def __init__(self, scope: Scope, send: Send, request_id: str | None, timeout_s: float) -> None:
+        self._scope = scope
+        self._request_id = request_id
         self._send = send
+        self._timeout_s = timeout_s
         self._id_headers = [(b"x-request-id", request_id.encode())] if request_id else []
         self.started = False
 
@@ -58,15 +65,19 @@ class AsgiReply:
 
     async def _deliver(self, message: dict[str, object]) -> None:
         try:
-            async with asyncio.timeout(SEND_TIMEOUT_S):
+            async with asyncio.timeout(self._timeout_s):
                 await self._send(message)  # type: ignore[arg-type]
         except (OSError, TimeoutError) as exc:  # uvicorn raises ClientDisconnected, an OSError
+            if isinstance(exc, TimeoutError):
+                log.info(STALLED, self._timeout_s, extra={"run_id": self._request_id})
+            # Nothing more can be sent: free what is buffered for the client, and let uvicorn
+            # see a client gone instead of a response left unfinished.
+            abort_connection(self._scope)
             raise ClientGone from exc
 
 
-async def relay(run: Run, exchange: ChatExchange, receive: Receive, send: Send) -> None:
+async def relay(run: Run, exchange: ChatExchange, reply: AsgiReply, receive: Receive) -> None:
     """Answer the client from the run, streaming or whole; a client that leaves stops the run."""
-    reply = AsgiReply(send, run.id)
     watcher = asyncio.create_task(_stop_on_disconnect(receive, run), name=f"disconnect-watch:{run.id}")
     answered = False
     try:
@@ -99,18 +110,18 @@ async def _stream(run: Run, exchange: ChatExchange, reply: AsgiReply) -> None:
     """
     async with contextlib.aclosing(run.log.follow()) as batches:
         async for batch in batches:
-            data = b"".join(event.relay for event in batch)
+            data = [event.relay for event in batch if event.relay]
             opened = reply.started or bool(data) or any(e.kind == UpstreamOpened.kind for e in batch)
             if _ended(batch):
                 ending = _stream_ending(run, exchange, batch[-1], started=opened)
                 if ending is None:
                     await _answer_failure(run, exchange, reply)
                     return
-                data += ending
-            if (opened or data) and not reply.started:  # data: e.g. a stop before the upstream answered
+                data.append(ending)
+            if (opened or any(data)) and not reply.started:  # data: e.g. a stop before the upstream answered
                 await reply.start(200, _STREAM_HEADERS)
-            if data:
-                await reply.body(data, more=True)
+            for piece in pieces(data):  # bounded writes: a stalled client holds one piece
+                await reply.body(piece, more=True)
     await reply.body(b"", more=False)
 
 

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Message, Receive, Scope, Send
 
 from app.control.cancel import StopMode, StopReason
-from app.control.events import SSE_SEPARATOR
+from app.control.events import SSE_SEPARATOR, pieces
 from app.control.run import OnDisconnect, Run
 from app.errors import BadRequest
+from app.http_protocol import abort_connection
 from app.services import Services
 from app.store.models import Run as RunRow
 from app.store.models import utcnow
 
-# A slow reader that cannot take an event within this time is disconnected.
-SEND_TIMEOUT_S = 30.0
+STALLED = "reader stopped reading: disconnected after the send timeout (%.0f s)"
 # After SIGTERM, streams get this long to deliver their `interrupted` event.
 SHUTDOWN_GRACE_S = 2.0
 ACTIVE_STATUSES = frozenset({"queued", "running"})
@@ -31,6 +34,8 @@ ACTIVE_STATUSES = frozenset({"queued", "running"})
 OWNER_GONE = frozenset({"worker_lost", "outcome_lost", "server_restart"})
 # How long after a run's end its owner may still be writing a stream Redis lost (see above).
 REPUBLISH_GRACE_S = 30.0
+
+log = logging.getLogger(__name__)
 
 # Stops sent to another worker for clients that went away: referenced until they are sent.
 _remote_stops: set[asyncio.Task[Any]] = set()
@@ -42,9 +47,9 @@ def event_stream(services: Services, run: Run, after_seq: int, on_disconnect: On
     async def frames() -> AsyncGenerator[bytes, None]:
         async with contextlib.aclosing(run.log.follow(after_seq)) as batches:
             async for batch in batches:
-                wire = b"".join(event.wire for event in batch)
-                if wire:  # a chat run's chunks without text have no SSE frame
-                    yield wire
+                # A chat run's chunks without text have no SSE frame: pieces() drops them.
+                for piece in pieces(event.wire for event in batch):
+                    yield piece
                 if batch[-1].kind == "interrupted":  # handed to the connection by now
                     run.note_interrupted_sent()
 
@@ -125,15 +130,45 @@ def _response(
     async def on_client_close(_: Any) -> None:
         client_lost()
 
-    return EventSourceResponse(
+    return _RunEventStream(
+        run_id,
+        services.settings.send_timeout_s,
         events(),
         headers={"X-Run-Id": run_id},
         ping=services.settings.sse_ping_s,
-        send_timeout=SEND_TIMEOUT_S,
         client_close_handler_callable=on_client_close,
         shutdown_event=services.shutdown_signal,
         shutdown_grace_period=SHUTDOWN_GRACE_S,
     )
+
+
+class _RunEventStream(EventSourceResponse):
+    """An SSE response that drops its connection when it cannot complete: a reader that took no
+    write for the send timeout (one log line, not a traceback), or a stream cut at shutdown.
+
+    Dropped, not closed: a close would keep what is buffered until the reader leaves, and uvicorn
+    would log the unfinished response as an error (app/http_protocol.py)."""
+
+    def __init__(self, run_id: str, send_timeout_s: float, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, send_timeout=send_timeout_s, **kwargs)
+        self._run_id = run_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        completed = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal completed
+            await send(message)
+            completed = message["type"] == "http.response.body" and not message.get("more_body", False)
+
+        try:
+            await super().__call__(scope, receive, tracked)
+        except* SendTimeoutError:
+            log.info(STALLED, self.send_timeout, extra={"run_id": self._run_id})
+        finally:
+            if not completed:
+                abort_connection(scope)
+                await asyncio.sleep(0)  # its connection_lost runs: uvicorn sees the client gone
 
 
 def terminal_frame(row: RunRow) -> bytes:

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.cluster.backoff import Backoff
-from app.control.events import LoggedEvent
+from app.control.events import LoggedEvent, pieces
 from app.control.run import Run
 
 log = logging.getLogger(__name__)
@@ -164,14 +164,18 @@ class RunStreams:
                     return
                 continue
             frames: list[bytes] = []
+            ended = False
             for entry_id, fields in reply[0][1]:
                 last_id = entry_id
                 last_seq = int(entry_id.rpartition(b"-")[2])
                 frames.append(fields[b"w"])
                 if b"t" in fields:
-                    yield b"".join(frames)
-                    return
-            yield b"".join(frames)
+                    ended = True
+                    break
+            for piece in pieces(frames):  # bounded writes: a stalled reader holds one piece
+                yield piece
+            if ended:
+                return
 
 
 @dataclass(slots=True)

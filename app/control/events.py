@@ -7,6 +7,7 @@ log; the log refuses anything after it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -250,3 +251,23 @@ def _sse_frame(run_id: str, seq: int, kind: str, event: RunEvent) -> bytes:
     data = _encoder.encode({**event.payload(), "runId": run_id}).decode()
     name = "" if kind == TextDelta.kind else f"event: {kind}{SSE_SEPARATOR}"
     return f"id: {run_id}:{seq}{SSE_SEPARATOR}{name}data: {data}{SSE_SEPARATOR}{SSE_SEPARATOR}".encode()
+
+
+# A stream writes at most this much at once (a single larger frame goes alone): a reader that
+# stops reading holds one piece beyond its socket's buffers, however far behind the run it is.
+PIECE_BYTES = 64 * 1024
+
+
+def pieces(frames: Iterable[bytes], limit: int = PIECE_BYTES) -> Iterator[bytes]:
+    """``frames`` joined into pieces of at most ``limit`` bytes, in order; empty frames dropped."""
+    piece: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if size and size + len(frame) > limit:
+            yield b"".join(piece)
+            piece, size = [], 0
+        if frame:
+            piece.append(frame)
+            size += len(frame)
+    if size:
+        yield b"".join(piece)

@@ -2,8 +2,8 @@
 
 Handlers never touch tasks: they ask the manager to start and find runs, and stop a run
 through ``Run.cancel``. A run is findable from before its first await, so a stop that races
-its creation is never lost. Finished runs stay in memory for ``retain_s`` so late joiners
-can replay their events.
+its creation is never lost. Finished runs stay in memory, bounded in time and bytes
+(app/control/retention.py), so late joiners can replay their events.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +22,7 @@ from typing import Protocol
 
 from app.control.cancel import StopMode, StopReason
 from app.control.pending_stops import PendingStops
+from app.control.retention import RetainedRuns, RetentionLimits
 from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder, RunStatus
 from app.errors import AppBusy, AppError, Conflict, ServiceUnavailable, TooManyRequests
 from app.metrics import Metrics
@@ -92,7 +93,7 @@ class RunManager:
         store: RunStore,
         job: Job,
         *,
-        retain_s: float = 600.0,
+        retention: RetentionLimits | None = None,
         peers: RunPeers | None = None,
         metrics: Metrics | None = None,
         max_active_per_user: int = 0,
@@ -103,12 +104,12 @@ class RunManager:
         self._max_active_per_user = max_active_per_user  # 0: no limit
         self.metrics = metrics or Metrics()
         self._job = job
-        self._retain_s = retain_s
         self._peers = peers
         self._active: dict[str, Run] = {}  # run id -> run, until its task is done
         self._active_by_app: dict[str, Run] = {}
         self._active_by_user: Counter[str] = Counter()
-        self._finished: OrderedDict[str, tuple[float, Run]] = OrderedDict()
+        self._retention = retention or RetentionLimits()
+        self._finished = RetainedRuns(self._retention)
         self._tasks: set[asyncio.Task[None]] = set()
         # One lock per app serialises starts on that app; unused locks disappear by themselves.
         self._app_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -124,12 +125,7 @@ class RunManager:
     # -- queries ---------------------------------------------------------------------------
 
     def get(self, run_id: str) -> Run | None:
-        self._prune()
-        run = self._active.get(run_id)
-        if run is not None:
-            return run
-        entry = self._finished.get(run_id)
-        return entry[1] if entry else None
+        return self._active.get(run_id) or self._finished.get(run_id)
 
     def active_for_app(self, app_id: str) -> Run | None:
         return self._active_by_app.get(app_id)
@@ -148,8 +144,11 @@ class RunManager:
 
     @property
     def retained_count(self) -> int:
-        self._prune()  # expired ones are not held, even when no run has finished since
-        return len(self._finished)
+        return len(self._finished)  # expired ones are not counted, even when no run has finished since
+
+    @property
+    def retained_bytes(self) -> int:
+        return self._finished.size_bytes
 
     @property
     def pending_outcome_writes(self) -> int:
@@ -218,8 +217,7 @@ class RunManager:
     def forget_app(self, app_id: str) -> None:
         """Drop the finished runs of a deleted app: their ids are free again, and a new run with
         one of them must not be mistaken for the old one (its events, its status)."""
-        for run_id in [run_id for run_id, (_, run) in self._finished.items() if run.app_id == app_id]:
-            del self._finished[run_id]
+        self._finished.discard_app(app_id)
 
     @contextlib.asynccontextmanager
     async def idle_app(self, app_id: str) -> AsyncIterator[None]:
@@ -315,6 +313,7 @@ class RunManager:
             kind=request.kind,
         )
         run.metrics = self.metrics
+        run.log.limit_bytes(self._retention.max_live_run_bytes)
         # Findable before the first await: a stop during the insert closes the gate, and
         # the task then records the interruption on its first line.
         self._active[run.id] = run
@@ -372,9 +371,8 @@ class RunManager:
         run.rejection = error
         run.cancel(StopReason.REJECTED)
         self._forget(run)
-        finished = self._finished.get(run.id)
-        if finished is not None and finished[1] is run:
-            del self._finished[run.id]  # its task has ended already
+        if self._finished.get(run.id) is run:
+            self._finished.discard(run.id, run)  # its task has ended already
         else:
             self._rejected[run.id] = run  # still ending: _on_done must not retain it either
 
@@ -424,8 +422,7 @@ class RunManager:
         if self._rejected.get(run.id) is run:
             del self._rejected[run.id]
             return
-        self._finished[run.id] = (time.monotonic(), run)
-        self._prune()
+        self._finished.keep(run)
 
     def _count_finished(self, run: Run) -> None:
         metrics, stats = self.metrics, run.stats
@@ -441,14 +438,6 @@ class RunManager:
             metrics.tool_calls.inc("executed", amount=stats.executed)
         if stats.skipped:
             metrics.tool_calls.inc("skipped", amount=stats.skipped)
-
-    def _prune(self) -> None:
-        horizon = time.monotonic() - self._retain_s
-        while self._finished:
-            run_id, (finished_at, _) = next(iter(self._finished.items()))
-            if finished_at > horizon:
-                break
-            del self._finished[run_id]
 
 
 async def _first_output(run: Run) -> None:

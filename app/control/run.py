@@ -79,12 +79,27 @@ class CancelOutcome(StrEnum):
     TOO_LATE = "too_late"  # the run is completing or already over
 
 
-class EventLog:
-    """Append-only, closed by its terminal event; any number of followers, each from any seq."""
+# What a live run keeps of its events in memory (RetentionLimits.max_live_run_bytes sets it).
+DEFAULT_LOG_MAX_BYTES = 64 * 1024 * 1024
 
-    def __init__(self, run_id: str) -> None:
+
+class EventLog:
+    """Append-only, closed by its terminal event; any number of followers, each from any seq.
+
+    Bounded in bytes: past ``max_bytes`` the oldest events that no follower still has to read
+    are let go (down to half the cap), so a run as long as 2M tokens does not hold a gigabyte;
+    past twice the cap, those of a follower that lags that far behind too.
+    A follower that joins (or asks to start) before the oldest event held starts from there: the
+    seq ids of its stream jump, as they do for a finished run replayed from its row.
+    """
+
+    def __init__(self, run_id: str, max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
         self._run_id = run_id
         self._events: list[LoggedEvent] = []
+        self._base = 0  # events let go from the front: the first one held has seq _base + 1
+        self._bytes = 0  # of the encoded frames held: what keeping the log costs
+        self._max_bytes = max_bytes
+        self._positions: dict[object, int] = {}  # follower -> the seq it has read up to
         self._closed = False
         self._wakeup = asyncio.Event()
 
@@ -94,22 +109,38 @@ class EventLog:
 
     @property
     def last_seq(self) -> int:
-        return len(self._events)
+        return self._base + len(self._events)
+
+    @property
+    def first_held_seq(self) -> int:
+        return self._base + 1
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def limit_bytes(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
 
     def append(self, event: RunEvent) -> bool:
         """Append an event; returns False (and drops it) once the log is closed."""
         if self._closed:
             return False
-        self._events.append(log_event(self._run_id, len(self._events) + 1, event))
+        logged = log_event(self._run_id, self.last_seq + 1, event)
+        self._events.append(logged)
+        self._bytes += len(logged.wire) + len(logged.relay)
         self._closed = event.terminal
+        if self._bytes > self._max_bytes:
+            self._let_go()
         # Wake every follower, and give later waiters a fresh event.
         self._wakeup.set()
         self._wakeup = asyncio.Event()
         return True
 
     def since(self, seq: int) -> list[LoggedEvent]:
-        """The events after ``seq``, as they are now (for readers that poll: app/cluster/streams.py)."""
-        return self._events[seq:]
+        """The events after ``seq`` still held, as they are now (for readers that poll:
+        app/cluster/streams.py)."""
+        return self._events[max(seq - self._base, 0) :]
 
     def drop_relay(self) -> None:
         """Forget the upstream frames kept for a /v1 client once it has them all.
@@ -118,6 +149,7 @@ class EventLog:
         relay bytes would double its size (measured: ~1 MB for a 2,000-token answer).
         """
         self._events = [event._replace(relay=b"") if event.relay else event for event in self._events]
+        self._bytes = sum(len(event.wire) for event in self._events)
 
     async def follow(self, after_seq: int = 0) -> AsyncGenerator[list[LoggedEvent], None]:
         """Yield batches of events with seq > after_seq, live, until the terminal one.
@@ -125,16 +157,37 @@ class EventLog:
         A batch is everything appended since the follower last woke: one write for a
         subscriber that fell behind, instead of one per event.
         """
-        index = max(after_seq, 0)
-        while True:
-            if index < len(self._events):
-                batch = self._events[index:]
-                index += len(batch)
-                yield batch
-            elif self._closed:
-                return
-            else:
-                await self._wakeup.wait()
+        me = object()
+        index = max(after_seq, self._base)
+        try:
+            while True:
+                index = max(index, self._base)  # let go of while it lagged twice the cap behind
+                self._positions[me] = index
+                if index < self.last_seq:
+                    batch = self._events[index - self._base :]
+                    index += len(batch)
+                    yield batch
+                elif self._closed:
+                    return
+                else:
+                    await self._wakeup.wait()
+        finally:
+            del self._positions[me]
+
+    def _let_go(self) -> None:
+        """The oldest events, down to half the cap, but none a follower has still to read, unless
+        that follower lags twice the cap behind (it then jumps ahead: memory stays bounded)."""
+        lagging = self._bytes > 2 * self._max_bytes
+        keep_from = self.last_seq if lagging else min(self._positions.values(), default=self.last_seq)
+        dropped, freed = 0, 0
+        while self._base + dropped < keep_from and self._bytes - freed > self._max_bytes // 2:
+            event = self._events[dropped]
+            freed += len(event.wire) + len(event.relay)
+            dropped += 1
+        if dropped:
+            del self._events[:dropped]
+            self._base += dropped
+            self._bytes -= freed
 
 
 @dataclass(slots=True)
