@@ -18,6 +18,9 @@ from tests.support import HANG_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_TIMEOUT_S = 10.0
+# What a server must not print for an expected condition: a traceback, or uvicorn's error for a
+# response the app left unfinished (a stalled reader, a stream cut at shutdown).
+UNEXPECTED = re.compile(r"Traceback \(most recent call last\)|ASGI callable returned without completing response")
 
 
 @dataclass
@@ -27,6 +30,8 @@ class Child:
     proc: asyncio.subprocess.Process
     log: Path
     output: str = ""
+    # A test that makes a child fail on purpose says so; any other traceback fails the test.
+    tracebacks_expected: bool = False
     _decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
 
     async def expect(self, pattern: str) -> re.Match[str]:
@@ -47,6 +52,14 @@ class Child:
 
     def stderr(self) -> str:
         return "--- stderr:\n" + self.log.read_text(errors="replace")
+
+    def unexpected_traceback(self) -> str | None:
+        """The first traceback the child printed (stderr or stdout), unless one was expected."""
+        text = self.log.read_text(errors="replace") + self.output
+        found = UNEXPECTED.search(text)
+        if found is None or self.tracebacks_expected:
+            return None
+        return text[max(0, found.start() - 500) : found.start() + 4000]
 
     async def _read(self) -> bool:
         assert self.proc.stdout is not None
@@ -100,6 +113,10 @@ async def cli_children(log_dir: Path) -> AsyncIterator[Spawn]:
                 if child.proc.returncode is None:
                     child.proc.kill()
                 await child.proc.wait()
+        # Only after a passing test: an expected condition (a stop during a database call, a
+        # stalled reader, a shutdown) is one log line, never a traceback.
+        tracebacks = [(child.log.name, found) for child in children if (found := child.unexpected_traceback())]
+        assert not tracebacks, "a server printed a traceback:\n" + "\n".join(f"{n}:\n{t}" for n, t in tracebacks)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -321,3 +322,44 @@ def test_access_log_redacts_login_tokens_and_prompts() -> None:
     record.args = ("127.0.0.1:5", "GET", "/?token=abc.def", "1.1", 303)
     RedactSecrets().filter(record)
     assert "abc" not in record.getMessage()
+
+
+def stalled_reader(port: int, token: str, path: str, body: bytes = b"") -> socket.socket:
+    """A client that sends a request, reads the status line, and never reads again."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # before connect: a small window
+    client.connect(("127.0.0.1", port))
+    method = "POST" if body else "GET"
+    head = f"{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n"
+    client.sendall(head.encode() + b"Content-Type: application/json\r\n\r\n" + body)
+    assert client.recv(12) == b"HTTP/1.1 200"
+    return client
+
+
+async def test_sigterm_with_stalled_readers_exits_cleanly_without_a_traceback(spawn: Spawn, tmp_path: Path) -> None:
+    """Readers that stopped reading (a rejoin of a big finished run, a live run's stream, a /v1
+    stream) do not hold the shutdown, and leave no traceback in the log (cli_children checks)."""
+    serve = await start_serve(spawn, tmp_path / "data")
+    port = int(serve.url.rpartition(":")[2])
+    assert serve.token is not None
+    async with serve.client() as http:
+        app_id = (await http.post("/apps", json={"name": "stalled", "codeGenType": "html"})).json()["id"]
+        url = gen_url(app_id, "essay [sim:huge tokens=250000]", runId="r-big", onDisconnect="continue")
+        async with http.stream("GET", url) as response:
+            assert response.status_code == 200
+        await wait_for_status(http, "r-big", "completed")
+        chat = {"model": "m", "stream": True, "messages": [{"role": "user", "content": f"hi {LONG}"}]}
+        live_app = (await http.post("/apps", json={"name": "live", "codeGenType": "html"})).json()["id"]
+        readers = [
+            await asyncio.to_thread(stalled_reader, port, serve.token, "/runs/r-big/events"),
+            await asyncio.to_thread(stalled_reader, port, serve.token, gen_url(live_app, f"essay {LONG}")),
+            await asyncio.to_thread(
+                stalled_reader, port, serve.token, "/v1/chat/completions", json.dumps(chat).encode()
+            ),
+        ]
+    serve.child.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(EXIT_TIMEOUT_S):
+        returncode = await serve.child.proc.wait()
+    assert returncode in (0, -signal.SIGTERM), serve.child.stderr()
+    for reader in readers:
+        reader.close()

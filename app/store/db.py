@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ class Database:
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self.engine: AsyncEngine = create_async_engine(url, **self._engine_options(pool_size))
+        _quiet_cancelled_resets(self.engine)
         if self.is_sqlite:
             _install_sqlite_recipe(self.engine)
         else:
@@ -177,6 +179,30 @@ def _install_idle_ping(engine: AsyncEngine) -> None:
             sync_engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:
             raise DisconnectionError(f"a pooled connection failed its ping: {exc}") from exc
+
+
+class _CancelledReset(logging.Filter):
+    """A stop cancels a run's task; when that lands while a connection is reset on its way back to
+    the pool, SQLAlchemy logs the CancelledError with a traceback, then discards the connection.
+    That is all there is to it: an expected condition, said in one line (with the run's ids, which
+    the log context adds) instead of a traceback that would make the log untrustworthy."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and record.msg == "Exception during reset or similar":
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.msg, record.args = "a database call was cancelled (a stop); its connection is discarded", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_CANCELLED_RESET = _CancelledReset()
+
+
+def _quiet_cancelled_resets(engine: AsyncEngine) -> None:
+    pool_logger = engine.sync_engine.pool.logger
+    if isinstance(pool_logger, logging.Logger) and _CANCELLED_RESET not in pool_logger.filters:
+        pool_logger.addFilter(_CANCELLED_RESET)
 
 
 def _is_locked(exc: OperationalError) -> bool:
