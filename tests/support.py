@@ -66,6 +66,10 @@ class ServerThread:
         self._server.should_exit = True
         self._thread.join(HANG_TIMEOUT_S)
 
+    def requests_in_flight(self) -> int:
+        """HTTP requests (streams included) the server is still handling."""
+        return len(self._server.server_state.tasks)
+
     def connection_from(self, client_port: int) -> Any | None:
         """The server's protocol object of the connection from this client port, if it is open."""
         for protocol in list(self._server.server_state.connections):

@@ -171,3 +171,28 @@ async def test_hundreds_of_starts_and_stops_sent_together_lose_no_stop(
     false_answers = [o for o in outcomes if o[2] == 200 and o[3] != "interrupted"]
     assert false_answers == [], f"{len(false_answers)} stops answered 200 without stopping: {false_answers[:5]}"
     assert {o[3] for o in outcomes} <= {"pending", "stopping", "interrupted"}
+
+
+async def test_a_rejoin_whose_row_read_races_the_start_joins_the_live_run(
+    server: ServerThread, client: httpx.AsyncClient, app_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the model-based test: the rejoin found no run, read the row, and the start made
+    the run and inserted its row meanwhile; the active row then said "active elsewhere" (409)."""
+    held = HeldRowRead(server.services.runs.get, "r-join")
+    monkeypatch.setattr(server.services.runs, "get", held)
+
+    async def rejoin() -> httpx.Response:
+        return await client.get("/runs/r-join/events", params={"lastEventId": "r-join:0"})
+
+    joining = asyncio.create_task(rejoin())
+    assert await asyncio.to_thread(held.entered.wait, HANG_TIMEOUT_S)  # no run yet; reading the row
+    url = gen_url(app_id, f"essay {QUICK}", runId="r-join", onDisconnect="continue")
+    async with open_stream(client, "GET", url) as (response, events):
+        assert response.status_code == 200
+        own = await collect(events, until=lambda e: e.event == "message")  # live, its row active
+        held.release.set()
+        joined = await joining
+        own += await collect(events)
+    assert joined.status_code == 200, joined.text
+    ids = [line.removeprefix("id: ") for line in joined.text.splitlines() if line.startswith("id: ")]
+    assert ids == [e.id for e in own]  # the whole live run, as its own stream had it

@@ -75,11 +75,15 @@ class RunsController(Controller):
         # The browser's own reconnects of that EventSource then send the newer header.
         after = parse_last_event_id(last_event_id or last_event_id_query, run_id)
         run = services.manager.get(run_id)
-        if run is not None:
-            check_run_owner(run.user_id, user, run_id)
-            return _join_live(services, run, after, on_disconnect)
-        row = await _owned_row(services, user, run_id)
-        return await _join_recorded(services, row, after, on_disconnect)
+        if run is None:
+            row = await _owned_row(services, user, run_id)
+            # Made here during that read (its start inserts the row once the run exists): it is live
+            # here, not "active somewhere else" (found by the model-based test: 409 run_not_here).
+            run = services.manager.get(run_id)
+            if run is None:
+                return await _join_recorded(services, row, after, on_disconnect)
+        check_run_owner(run.user_id, user, run_id)
+        return _join_live(services, run, after, on_disconnect)
 
 
 def _join_live(services: Services, run: Run, after: int, on_disconnect: OnDisconnect) -> ASGIApp:
