@@ -8,6 +8,7 @@ An ``after_step`` stop that arrives during a tool call is honoured right after t
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,7 @@ async def stream_step(
     tools: Sequence[dict[str, Any]] = (),
     on_text: Callable[[str], None] | None = None,
 ) -> StepOutput:
-    text: list[str] = []
+    text = io.StringIO()  # not a list of deltas: 2M tokens would be 2M small str objects (~120 MB)
     pending: dict[int, PendingToolCall] = {}
     deltas = 0
     saw_usage = False
@@ -75,7 +76,7 @@ async def stream_step(
                 for choice in chunk.choices:
                     if choice.delta.content:
                         deltas += 1
-                        text.append(choice.delta.content)
+                        text.write(choice.delta.content)
                         run.emit_text(choice.delta.content)
                         if on_text is not None:
                             on_text(choice.delta.content)
@@ -91,7 +92,7 @@ async def stream_step(
             run.stats.usage_estimated = True
     run.stats.partial_tool_calls = 0
     calls = tuple(call.finish(index) for index, call in sorted(pending.items()))
-    return StepOutput("".join(text), calls)
+    return StepOutput(text.getvalue(), calls)
 
 
 def _accumulate(pending: dict[int, PendingToolCall], deltas: list[ToolCallDelta]) -> None:

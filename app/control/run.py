@@ -16,6 +16,7 @@ A run only commits its turn to chat history on completion, so nothing truncated 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import time
@@ -269,7 +270,8 @@ class Run:
         self.gate = StopGate()
         self.log = EventLog(run_id)
         self.stats = RunStats()
-        self.reply_parts: list[str] = []
+        # The answer so far, for the history: a buffer, not a list of deltas (2M small str objects).
+        self._reply = io.StringIO()
         self.created_at = utcnow()
         self.started_at: datetime | None = None
         self.stop_requested_at: datetime | None = None
@@ -322,7 +324,7 @@ class Run:
 
     @property
     def reply_text(self) -> str:
-        return "".join(self.reply_parts)
+        return self._reply.getvalue()
 
     async def wait_finished(self) -> None:
         await self._finished.wait()
@@ -344,7 +346,7 @@ class Run:
 
     def emit_text(self, text: str) -> None:
         if self.log.append(TextDelta(text)):
-            self.reply_parts.append(text)
+            self._reply.write(text)
 
     # -- lifecycle -------------------------------------------------------------------------
 
