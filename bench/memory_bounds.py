@@ -65,6 +65,7 @@ class Config:
     run_tokens: int
     huge_tokens: int
     timeout: float
+    retain_mb: int | None
     keep: bool
 
 
@@ -78,6 +79,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
     p.add_argument("--run-tokens", type=int, default=2000, help="tokens of each small run (default 2000)")
     p.add_argument("--huge-tokens", type=int, default=2_000_000, help="tokens of the huge run (default 2000000)")
     p.add_argument("--timeout", type=float, default=900.0, help="global time limit, s (default 900)")
+    p.add_argument(
+        "--retain-mb", type=int, default=None, help="the server's per-run retention cap (default: its own, 16 MiB)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp data dir and the server log")
     return Config(**vars(p.parse_args(argv)))
 
@@ -100,13 +104,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(work: Path) -> Iterator[Server]:
+def running_server(work: Path, retain_mb: int | None) -> Iterator[Server]:
     """`runforge serve` on a free port; its token is the one it writes in its data dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNFORGE_", "OPENAI_"))} | {
         "RUNFORGE_DATA_DIR": str(work / "data"), "RUNFORGE_HOST": "127.0.0.1", "RUNFORGE_PORT": str(free_port()),
         "RUNFORGE_GEN_PER_MINUTE": "0", "RUNFORGE_STOPS_PER_MINUTE": "0", "RUNFORGE_MAX_RUNS_PER_USER": "0",
         "RUNFORGE_BUILD": "0",
-    }  # fmt: skip
+    } | ({"RUNFORGE_MAX_RETAINED_RUN_BYTES": str(retain_mb << 20)} if retain_mb else {})  # fmt: skip
     argv, log = [sys.executable, "-m", "app", "serve", "--no-access-log"], work / "server.log"
     with log.open("wb") as out:  # a file, not a pipe: nobody has to drain it; a new session: no Ctrl-C
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=out, start_new_session=True)
@@ -351,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"benchmark": "memory_bounds", "at": at, "config": asdict(cfg), "machine": machine()}
     work = Path(tempfile.mkdtemp(prefix="runforge-membench-"))
     try:
-        with running_server(work) as server:
+        with running_server(work, cfg.retain_mb) as server:
             headers = {"Authorization": f"Bearer {server.token}"}
             url, timeout = f"http://127.0.0.1:{server.port}", httpx.Timeout(120.0, connect=5.0)
             with httpx.Client(base_url=url, headers=headers, trust_env=False, timeout=timeout) as http:

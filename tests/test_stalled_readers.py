@@ -29,7 +29,10 @@ HIGH_WATER = 64 * 1024
 
 @pytest.fixture
 def server(settings: Settings) -> Iterator[ServerThread]:
-    thread = ServerThread(settings.with_overrides(send_timeout_s=SEND_TIMEOUT_S)).start()
+    # The run is kept whole for rejoins (its ~90 MB in memory are over the default cap, under
+    # which a stalled reader's whole backlog fits the kernel's socket buffers and costs nothing).
+    kept = settings.with_overrides(send_timeout_s=SEND_TIMEOUT_S, max_retained_run_bytes=256 * 1024 * 1024)
+    thread = ServerThread(kept).start()
     yield thread
     thread.stop()
 
