@@ -67,8 +67,9 @@ class ServerThread:
         self._thread.join(HANG_TIMEOUT_S)
 
     def requests_in_flight(self) -> int:
-        """HTTP requests (streams included) the server is still handling."""
-        return len(self._server.server_state.tasks)
+        """HTTP requests (streams included) the server is still handling, and connections still
+        open (whose requests it may not have read yet)."""
+        return len(self._server.server_state.tasks) + len(self._server.server_state.connections)
 
     def connection_from(self, client_port: int) -> Any | None:
         """The server's protocol object of the connection from this client port, if it is open."""

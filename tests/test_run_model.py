@@ -241,6 +241,10 @@ class RunLifecycle(RuleBasedStateMachine):
         tasks = [s.task for s in self.streams.values() if s.task is not None]
         async with asyncio.timeout(HANG_TIMEOUT_S):
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Closing every connection lets the server read what a client that left had sent:
+            # a request it has not read yet may still make a run.
+            await self.http.aclose()
+            self.http = await self._client()
             # Requests whose clients left may still be making their runs, and runs whose clients
             # left (onDisconnect=continue) end by themselves; neither announces it, so this polls.
             while self.server.requests_in_flight() or self.server.services.manager.active_count:  # noqa: ASYNC110
