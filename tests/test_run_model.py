@@ -25,6 +25,7 @@ import itertools
 import os
 import tempfile
 import threading
+import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,11 +102,13 @@ class RunLifecycle(RuleBasedStateMachine):
         super().__init__()
         self.bg = Background()
         self.server = ServerThread(model_settings(self.settings)).start()
-        self.token = self.server.add_user("model")
+        # Examples share a PostgreSQL database (under `make test-pg`): names and ids are unique.
+        self.example = uuid.uuid4().hex[:8]
+        self.token = self.server.add_user(f"model-{self.example}")
         self.http: httpx.AsyncClient = self.bg.run(self._client())
         self.apps: list[str] = [self.bg.run(self._new_app(i)) for i in range(APPS)]
         self.streams: dict[str, Stream] = {}
-        self.ids = (f"m{n}" for n in itertools.count())
+        self.ids = (f"m{self.example}-{n}" for n in itertools.count())
 
     async def _client(self) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {self.token}"}
