@@ -176,7 +176,9 @@ def terminal_frame(row: RunRow) -> bytes:
     body: dict[str, Any]
     if row.status == "completed":
         name = "done"
+        published = row.published or {"files": [], "previewUrl": None, "checkpoint": None}
         body = {"finishReason": row.finish_reason, "steps": row.steps, "toolCalls": row.tool_calls_executed}
+        body.update(published)
     elif row.status == "interrupted":
         name = "interrupted"
         body = {"reason": row.stop_reason, "mode": row.stop_mode or StopMode.IMMEDIATE.value}

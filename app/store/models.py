@@ -111,6 +111,9 @@ class Run(Base):
     # workspace was then restored: set with stop_requested_at by a stop from another worker.
     stop_mode: Mapped[str | None] = mapped_column(String(16))
     rolled_back: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # A completed run's files, preview URL and checkpoint, as its `done` event carried them:
+    # a rejoin after a restart answers that event as it was sent.
+    published: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Worker(Base):

@@ -16,6 +16,7 @@ from app.store.db import Database
 from app.store.models import App, ChatMessage, Run, User, Worker, utcnow
 
 if TYPE_CHECKING:
+    from app.control.outcomes import Published
     from app.control.run import Run as LiveRun
 
 ABANDONED_RUN_LAST_SEQ = 1_000_000_000
@@ -350,6 +351,7 @@ _OUTCOME_FIELDS = (
     "last_seq",
     "stop_mode",
     "rolled_back",
+    "published",
 )
 # Only an active row: one that another worker declared lost keeps the outcome it was given.
 _RECORD_OUTCOME = (
@@ -366,6 +368,12 @@ _ACTIVE_RUN_OF_APP = (
 )
 # A transaction-scoped PostgreSQL advisory lock keyed by the app id's hash.
 _LOCK_APP = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+
+
+def _published(published: Published | None) -> dict[str, Any]:
+    if published is None:
+        return {"files": [], "previewUrl": None, "checkpoint": None}
+    return {"files": list(published.files), "previewUrl": published.preview_url, "checkpoint": published.checkpoint}
 
 
 def _final_update(run: LiveRun, status: str, last_seq: int | None = None) -> tuple[Update, dict[str, Any]]:
@@ -385,5 +393,6 @@ def _final_update(run: LiveRun, status: str, last_seq: int | None = None) -> tup
         "last_seq": last_seq if last_seq is not None else run.log.last_seq,
         "stop_mode": run.stop_mode.value if run.stop_reason else None,
         "rolled_back": run.rolled_back,
+        "published": _published(run.published) if status == "completed" else None,
     }
     return _RECORD_OUTCOME, {"run_id": run.id, **{f"new_{k}": v for k, v in outcome.items()}}
