@@ -66,6 +66,16 @@ class ServerThread:
         self._server.should_exit = True
         self._thread.join(HANG_TIMEOUT_S)
 
+    def terminate(self) -> None:
+        """Exit as on SIGTERM: runs are interrupted (reason shutdown) while their streams are open.
+
+        In a thread uvicorn installs no signal handlers, so sse-starlette cannot see the exit;
+        this sets the event it would have set, then asks uvicorn to exit.
+        """
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.services.shutdown_signal.set)
+        self.stop()
+
     def requests_in_flight(self) -> int:
         """HTTP requests (streams included) the server is still handling, and connections still
         open (whose requests it may not have read yet)."""

@@ -2,14 +2,18 @@
 
 Hypothesis drives random sequences of what clients do (start a code run or a /v1 request, stop
 in each mode, stop before the start, leave with each onDisconnect, rejoin from a random event,
-supersede, revert) and after every step checks what must always hold:
+supersede, revert, restart the worker as SIGTERM does) and after every step checks what must
+always hold:
 
 * every stream read to its end has exactly one terminal event, and it is the last;
 * a run whose stop was accepted (202, or 200 interrupted) never completes, and a run started
   after its pending stop does nothing: no text, no upstream request;
 * no upstream request was sent after the run's stop was accepted (the server stamps each request
   with its send time; the run records when its stop was accepted);
-* a rejoin replays exactly the events the run's own stream had after the rejoin's id;
+* a rejoin replays exactly the events the run's own stream had after the rejoin's id; after a
+  restart, it answers the terminal event the stream saw;
+* a superseded run completes or is interrupted as superseded, and two runs of one app never
+  send upstream requests at the same time (the old one's last precedes the new one's first);
 * the history holds exactly the completed code runs' turns (nothing truncated is kept);
 * once everything has ended, the registry holds no active run.
 
@@ -39,6 +43,7 @@ from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from app.llm.simulator import RequestRecord
 from app.settings import LimitSettings, Settings
 from tests.support import HANG_TIMEOUT_S, TERMINAL, Event, ServerThread, gen_url, open_stream, text_of
 
@@ -52,6 +57,7 @@ PROMPTS = {  # a vue_project app offers the tools; builds are off in tests
     "quick": "a page [sim:long_text pace=1 tokens=5]",
 }
 STOP_MODES = ("immediate", "rollback", "after_step")
+MAX_RESTARTS = 2  # per example: a restart takes ~0.3 s and ends every run in flight
 
 
 @dataclass
@@ -67,6 +73,9 @@ class Stream:
     left: bool = False  # the client closed it before the end
     stop_accepted: bool = False
     stopped_before_start: bool = False
+    superseded: bool = False
+    cut: bool = False  # its worker restarted while its client was still reading or starting it
+    worker: int = 0  # which of the example's servers it was started on
     task: asyncio.Task[None] | None = None
 
 
@@ -101,7 +110,9 @@ class RunLifecycle(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.bg = Background()
-        self.server = ServerThread(model_settings(self.settings)).start()
+        self.example_settings = model_settings(self.settings)
+        self.server = ServerThread(self.example_settings).start()
+        self.retired: list[ServerThread] = []  # servers restarted away: their simulators' records
         # Examples share a PostgreSQL database (under `make test-pg`): names and ids are unique.
         self.example = uuid.uuid4().hex[:8]
         self.token = self.server.add_user(f"model-{self.example}")
@@ -164,6 +175,29 @@ class RunLifecycle(RuleBasedStateMachine):
             assert body.get("status") != "running", body  # never an answer for a run it did not stop
         assert answer.status_code in (200, 202), answer.text
         stream.stop_accepted = stream.stop_accepted or accepted
+
+    @precondition(lambda self: self._code_streams())
+    @rule(data=st.data(), prompt=st.sampled_from(list(PROMPTS)))
+    def supersede(self, data: st.DataObject, prompt: str) -> None:
+        # What is drawn may not depend on timing (hypothesis replays draws): an ended run is
+        # drawn too, and then this is only a start on its app.
+        old = data.draw(st.sampled_from(self._code_streams()))
+        old.superseded = old.task is not None and not old.task.done()
+        stream = Stream(next(self.ids), "code", old.app)
+        url = gen_url(stream.app or "", PROMPTS[prompt], runId=stream.run_id, onDisconnect="continue")
+        self._start(stream, self._read_code(stream, url))
+
+    @precondition(lambda self: len(self.retired) < MAX_RESTARTS)
+    @rule()
+    def restart_worker(self) -> None:
+        for stream in self.streams.values():
+            stream.cut = stream.cut or not (stream.task is None or stream.task.done())
+        self.server.terminate()
+        self.bg.run(self._gather_readers())  # every connection to it is gone: its readers end
+        self.bg.run(self.http.aclose())
+        self.retired.append(self.server)
+        self.server = ServerThread(self.example_settings).start()  # the same data directory
+        self.http = self.bg.run(self._client())
 
     @precondition(lambda self: self.streams)
     @rule(data=st.data())
@@ -241,9 +275,8 @@ class RunLifecycle(RuleBasedStateMachine):
     # -- the end of an example: everything ends, then the record is checked whole ------------------
 
     async def _settle(self) -> None:
-        tasks = [s.task for s in self.streams.values() if s.task is not None]
+        await self._gather_readers()
         async with asyncio.timeout(HANG_TIMEOUT_S):
-            await asyncio.gather(*tasks, return_exceptions=True)
             # Closing every connection lets the server read what a client that left had sent:
             # a request it has not read yet may still make a run.
             await self.http.aclose()
@@ -255,22 +288,25 @@ class RunLifecycle(RuleBasedStateMachine):
         runs = {s.run_id: (await self.http.get(f"/runs/{s.run_id}")).json() for s in self.streams.values()}
         for stream in self.streams.values():
             run = runs[stream.run_id]
-            if run.get("error") == "run_not_found":  # its client left before the server made it
-                assert stream.left, (stream, run)
+            if run.get("error") == "run_not_found":  # its client left (or its worker restarted) first
+                assert stream.left or stream.cut, (stream, run)
                 assert not stream.events, (stream, run)
                 assert not stream.v1_body, (stream, run)
                 continue
             assert not run.get("live"), run
             if stream.stop_accepted:
                 assert run["status"] == "interrupted", (stream, run)
+            if stream.superseded and not (stream.stop_accepted or stream.cut or stream.left):
+                assert run["status"] == "completed" or run["stopReason"] == "superseded", (stream, run)
             self._no_upstream_after_stop(stream, run)
             if stream.kind == "code" and stream.ended:
                 await self._replay_equals_stream(stream)
+        self._one_run_at_a_time_per_app()
         await self._history_is_the_completed_turns(runs)
         assert self.server.services.manager.active_count == 0
 
     def _no_upstream_after_stop(self, stream: Stream, run: dict[str, Any]) -> None:
-        records = self.server.simulator.recorder.records(stream.run_id)
+        records = self._records(stream.run_id)
         if stream.stopped_before_start:
             assert records == [], (stream.run_id, records)
         if run["status"] != "interrupted" or run.get("stopRequestedAt") is None:
@@ -282,7 +318,21 @@ class RunLifecycle(RuleBasedStateMachine):
     async def _replay_equals_stream(self, stream: Stream) -> None:
         status, replay = await self._rejoin(stream.run_id, 0)
         assert status == 200, (stream.run_id, status)
-        assert [(e.event, e.id, e.data) for e in replay] == [(e.event, e.id, e.data) for e in stream.events]
+        # A restarted worker kept only the run's row: it answers the terminal event, as sent.
+        expected = stream.events if stream.worker == len(self.retired) else stream.events[-1:]
+        assert [(e.event, e.id, e.data) for e in replay] == [(e.event, e.id, e.data) for e in expected]
+
+    def _one_run_at_a_time_per_app(self) -> None:
+        """A new run on an app starts once the old one is gone: their upstream requests never overlap."""
+        for app in self.apps:
+            spans = []
+            for stream in self.streams.values():
+                sent = [r.sent_at for r in self._records(stream.run_id) if r.sent_at is not None]
+                if stream.app == app and sent:
+                    spans.append((min(sent), max(sent), stream.run_id))
+            spans.sort()
+            for before, after in itertools.pairwise(spans):
+                assert before[1] < after[0], (app, before, after)
 
     async def _history_is_the_completed_turns(self, runs: dict[str, dict[str, Any]]) -> None:
         for app in self.apps:
@@ -299,6 +349,7 @@ class RunLifecycle(RuleBasedStateMachine):
     # -- clients -----------------------------------------------------------------------------
 
     def _start(self, stream: Stream, reader: Coroutine[Any, Any, None]) -> None:
+        stream.worker = len(self.retired)
         self.streams[stream.run_id] = stream
         stream.task = self.bg.run(_spawn(reader))
 
@@ -334,6 +385,15 @@ class RunLifecycle(RuleBasedStateMachine):
 
     def _code_streams(self) -> list[Stream]:
         return [s for s in self.streams.values() if s.kind == "code"]
+
+    def _records(self, run_id: str) -> list[RequestRecord]:
+        servers = [*self.retired, self.server]
+        return [r for server in servers for r in server.simulator.recorder.records(run_id)]
+
+    async def _gather_readers(self) -> None:
+        tasks = [s.task for s in self.streams.values() if s.task is not None]
+        async with asyncio.timeout(HANG_TIMEOUT_S):
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def runs_status(machine: RunLifecycle, run_id: str) -> str:
