@@ -15,6 +15,7 @@ from app.agent.codegen import CodegenDeps, run_codegen
 from app.checkpoints import Checkpoints
 from app.cluster import Cluster
 from app.cluster.node import new_worker_id
+from app.cluster.remote_stops import RemoteStops
 from app.control.manager import RunManager
 from app.control.pending_stops import PendingStopLimits, PendingStops
 from app.control.retention import RetentionLimits
@@ -23,6 +24,7 @@ from app.llm.client import LLMClient
 from app.llm.simulator import SimulatorConfig, SimulatorServer
 from app.metrics import Metrics
 from app.presets import Catalog, load_catalog
+from app.runs import RunControl
 from app.sandbox import UNCONFINED_WARNING, describe_sandbox, sandbox_for
 from app.settings import Settings
 from app.store.db import Database
@@ -55,6 +57,8 @@ class Services:
     cluster: Cluster | None
     # Per-user rate limits on starting and stopping runs.
     limits: UserLimits
+    # Starting and stopping runs: what every transport calls.
+    control: RunControl
     # Set by sse-starlette when the server is asked to exit (SIGTERM/SIGINT).
     shutdown_signal: anyio.Event
     _auth_cache: dict[str, User]
@@ -110,6 +114,17 @@ class Services:
             await cluster.start(manager)
         await asyncio.to_thread(settings.workspaces_dir.mkdir, parents=True, exist_ok=True)
         await _check_sandbox(settings)
+        limits = UserLimits(settings.limits)
+        control = RunControl(
+            manager,
+            runs,
+            apps,
+            limits,
+            llm,
+            functools.partial(workspace_of, settings),
+            peers=RemoteStops(cluster, runs) if cluster is not None else None,
+            max_message_chars=settings.max_message_chars,
+        )
         return cls(
             settings,
             db,
@@ -123,7 +138,8 @@ class Services:
             preview_links,
             simulator,
             cluster,
-            UserLimits(settings.limits),
+            limits,
+            control,
             anyio.Event(),
             {},
             {},
@@ -143,7 +159,7 @@ class Services:
         return describe_sandbox(self.settings.build.sandbox)
 
     def workspace(self, app_id: str) -> Path:
-        return self.settings.workspaces_dir / app_id
+        return workspace_of(self.settings, app_id)
 
     async def user_for_token(self, token: str) -> User | None:
         key = hash_token(token)  # raw tokens are not kept, not even in memory
@@ -193,3 +209,7 @@ async def _check_sandbox(settings: Settings) -> None:
         log.warning("%s", UNCONFINED_WARNING)
     elif sandbox.problem() is not None:
         log.error("builds will fail (sandbox_unavailable): %s", sandbox.problem())
+
+
+def workspace_of(settings: Settings, app_id: str) -> Path:
+    return settings.workspaces_dir / app_id

@@ -27,14 +27,13 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from app.api.chat import GenRequest, start_code_run
 from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
-from app.api.stopping import stop_elsewhere
-from app.control.cancel import StopMode, StopReason, uncancel_current_task
+from app.control.cancel import StopReason, uncancel_current_task
 from app.control.events import Done, Failed, Interrupted, LoggedEvent
 from app.control.manager import Multitask
-from app.control.run import RUN_ID_PATTERN, CancelOutcome, Run
+from app.control.run import RUN_ID_PATTERN, Run
 from app.errors import AppError, Forbidden, TooManyRequests
+from app.runs import CodeRunSpec, StopState
 from app.services import Services
 from app.store.models import User
 
@@ -202,12 +201,11 @@ class AgentSession:
         request_id = message.get("requestId")
         if not isinstance(request_id, str) or not request_id:
             raise ProtocolError("invalid_message", "INTERRUPT needs the 'requestId' of the request to stop")
+        reason = message.get("reason")
         try:
-            self._services.limits.take_stop(self._user.id)
+            status, hint = await self._stop(request_id)
         except TooManyRequests as exc:
             raise ProtocolError(exc.code, exc.message, requestId=request_id) from None
-        reason = message.get("reason")
-        status, hint = await self._stop(request_id)
         if status == "SUCCESS":
             log.info("run interrupted over the socket", extra={"run_id": request_id, "detail": str(reason)[:200]})
         ack: dict[str, Any] = {"type": "INTERRUPT_ACK", "requestId": request_id, "status": status}
@@ -217,46 +215,20 @@ class AgentSession:
 
     async def _stop(self, request_id: str) -> tuple[str, str | None]:
         starting = self._starting.get(request_id)
-        if starting is not None:
-            starting.interrupted = True  # its run stops the moment it exists
-            return "SUCCESS", None
-        run = self._services.manager.get(request_id)
-        if run is not None:
-            return self._stop_live(run, request_id)
         hint = self._message_id_hint(request_id)
-        if hint is not None or not RUN_ID_PATTERN.fullmatch(request_id):
+        if starting is not None or hint is not None or not RUN_ID_PATTERN.fullmatch(request_id):
+            self._services.limits.take_stop(self._user.id)  # answered here, and counted as any stop
+            if starting is not None:
+                starting.interrupted = True  # its run stops the moment it exists
+                return "SUCCESS", None
             return "NOT_FOUND", hint or _unknown_hint(request_id)
-        # Remembered before any await: a start that is on its way takes it (pending_stops.py).
-        self._services.manager.remember_stop(self._user.id, request_id, StopMode.IMMEDIATE)
-        return await self._stop_elsewhere(request_id)
-
-    def _stop_live(self, run: Run, request_id: str) -> tuple[str, str | None]:
-        if run.user_id != self._user.id:  # another user's run is unknown to this socket
-            return "NOT_FOUND", _unknown_hint(request_id)
-        outcome = run.cancel(StopReason.USER_STOP)
-        return ("SUCCESS", None) if outcome is CancelOutcome.STOPPING else ("ALREADY_FINISHED", None)
-
-    async def _stop_elsewhere(self, request_id: str) -> tuple[str, str | None]:
-        """Another worker's run (stopped through it), a finished one, or one not started yet."""
-        manager = self._services.manager
         try:
-            remote = await stop_elsewhere(
-                self._services, self._user, request_id, StopReason.USER_STOP, StopMode.IMMEDIATE
-            )
-        except Forbidden:
-            manager.forget_stop(self._user.id, request_id)
+            result = await self._services.control.stop(self._user.id, request_id)
+        except Forbidden:  # another user's run is unknown to this socket
             return "NOT_FOUND", _unknown_hint(request_id)
-        if remote is not None:
-            manager.forget_stop(self._user.id, request_id)
-            return ("SUCCESS" if remote.stopping else "ALREADY_FINISHED"), None
-        row = await self._services.runs.get(request_id)
-        run = manager.get(request_id)
-        if run is not None:  # started during those awaits: it took the remembered stop
-            return self._stop_live(run, request_id)
-        if row is None:
+        if result.state is StopState.PENDING:
             return "PENDING", f"no request {request_id!r} yet: it is interrupted as it starts"
-        manager.forget_stop(self._user.id, request_id)  # the id is taken: no request can use it
-        return ("ALREADY_FINISHED", None) if row.user_id == self._user.id else ("NOT_FOUND", _unknown_hint(request_id))
+        return ("SUCCESS" if result.took_effect else "ALREADY_FINISHED"), None
 
     def _message_id_hint(self, unknown_id: str) -> str | None:
         message_ids = {request_id: message_id for request_id, (_, message_id) in self._runs.items()}
@@ -268,9 +240,9 @@ class AgentSession:
 
     # -- one request -----------------------------------------------------------------------
 
-    async def _run_request(self, gen: GenRequest, request_id: str, message_id: str | None) -> None:
+    async def _run_request(self, gen: CodeRunSpec, request_id: str, message_id: str | None) -> None:
         try:
-            run = await start_code_run(self._services, self._user, gen, request_id)
+            run = await self._services.control.start_code(self._user.id, gen, request_id)
         except AppError as exc:
             await self._try_send(_error(exc.code, exc.message, requestId=request_id, messageId=message_id))
             return
@@ -312,7 +284,7 @@ class _Starting:
     interrupted: bool = False
 
 
-def _gen_request(payload: object, request_id: str | None, message_id: str | None) -> GenRequest:
+def _gen_request(payload: object, request_id: str | None, message_id: str | None) -> CodeRunSpec:
     echo = {"requestId": request_id, "messageId": message_id}
     if not isinstance(payload, dict):
         raise ProtocolError("invalid_payload", "REQUEST needs a 'payload' object: {appId, message}", **echo)
@@ -322,7 +294,7 @@ def _gen_request(payload: object, request_id: str | None, message_id: str | None
     multitask = payload.get("multitask", Multitask.INTERRUPT.value)
     if multitask not in {m.value for m in Multitask}:
         raise ProtocolError("invalid_payload", "payload.multitask must be 'interrupt' or 'reject'", **echo)
-    return GenRequest(app_id, text, request_id, multitask=Multitask(multitask))
+    return CodeRunSpec(app_id, text, multitask=Multitask(multitask))
 
 
 _INVALID_ID_CODES = {"requestId": "invalid_request_id", "messageId": "invalid_message_id"}

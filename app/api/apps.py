@@ -12,7 +12,7 @@ from litestar import Controller, delete, get, post
 from litestar.params import FromPath, PathParameter
 from litestar.status_codes import HTTP_204_NO_CONTENT
 
-from app.api.deps import CurrentUser, ServicesDep, owned_app, without_nul
+from app.api.deps import CurrentUser, ServicesDep, owned_app
 from app.api.openapi import (
     APP_ERRORS,
     MAX_MESSAGE_CHARS,
@@ -28,6 +28,7 @@ from app.api.workspace import preview_ready
 from app.codegen.types import CodeGenType, infer_code_gen_type
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.presets import match_prompt
+from app.runs.access import without_nul
 from app.services import Services
 from app.store.models import App
 from app.workspace.fs import WorkspaceError, read_text, tree

@@ -11,7 +11,7 @@ from litestar.params import FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sse_starlette import EventSourceResponse
 
-from app.api.deps import CurrentUser, ServicesDep, check_run_id, check_run_owner, owned_app, without_nul
+from app.api.deps import CurrentUser, ServicesDep, check_run_id
 from app.api.openapi import (
     APP_ERRORS,
     MAX_MESSAGE_CHARS,
@@ -25,17 +25,12 @@ from app.api.openapi import (
     response,
 )
 from app.api.sse import event_stream
-from app.api.stopping import RemoteStop, stop_elsewhere
-from app.control.cancel import StopMode, StopReason
-from app.control.manager import Multitask, RunRequest
-from app.control.run import RUN_ID_PATTERN, CancelOutcome, OnDisconnect, Run
-from app.errors import BadRequest, PayloadTooLarge
+from app.control.cancel import StopMode
+from app.control.manager import Multitask
+from app.control.run import RUN_ID_PATTERN, OnDisconnect
+from app.runs import CodeRunSpec, StopState
 from app.services import Services
 from app.store.models import User
-
-# How long a rollback stop sent to another worker waits for the restore before answering.
-ROLLBACK_WAIT_S = 30.0
-
 
 # What the handlers refuse with their own codes (empty_message, message_too_large, invalid_run_id).
 MESSAGE_SCHEMA = documented(pattern=NOT_BLANK, maxLength=MAX_MESSAGE_CHARS)
@@ -107,34 +102,9 @@ async def start_run(
     request: Request[Any, Any, Any], services: Services, user: User, gen: GenRequest
 ) -> EventSourceResponse:
     run_id = check_run_id(gen.runId) if gen.runId else _run_id_from(request)
-    run = await start_code_run(services, user, gen, run_id)
+    spec = CodeRunSpec(gen.appId, gen.message, gen.onDisconnect, gen.multitask)
+    run = await services.control.start_code(user.id, spec, run_id)
     return event_stream(services, run, 0, gen.onDisconnect)
-
-
-async def start_code_run(services: Services, user: User, gen: GenRequest, run_id: str) -> Run:
-    """Validate a generation request and start its run (shared by SSE and the WebSocket)."""
-    services.limits.take_start(user.id)
-    message = without_nul(gen.message).strip()
-    if not message:
-        raise BadRequest("message must not be empty", code="empty_message")
-    if len(message) > services.settings.max_message_chars:
-        raise PayloadTooLarge(
-            f"message is longer than {services.settings.max_message_chars} characters",
-            code="message_too_large",
-        )
-    app = await owned_app(services, user, gen.appId)
-    return await services.manager.start(
-        RunRequest(
-            run_id=run_id,
-            app_id=gen.appId,
-            user_id=user.id,
-            message=message,
-            workspace=services.workspace(gen.appId),
-            code_gen_type=app.code_gen_type,
-            on_disconnect=gen.onDisconnect,
-            multitask=gen.multitask,
-        )
-    )
 
 
 def _run_id_from(request: Request[Any, Any, Any]) -> str:
@@ -151,55 +121,11 @@ async def stop_run(
     files are back.
     """
     check_run_id(run_id)  # a remembered stop is small: ids are at most 64 characters
-    services.limits.take_stop(user.id)
-    run = services.manager.get(run_id)
-    if run is None:
-        # Remembered before any await: a start that is on its way takes it (pending_stops.py).
-        services.manager.remember_stop(user.id, run_id, mode)
-        return await _stop_recorded(services, user, run_id, mode)
-    return await _stop_live(run, user, mode)
-
-
-async def _stop_live(run: Run, user: User, mode: StopMode) -> Response[dict[str, Any]]:
-    check_run_owner(run.user_id, user, run.id)
-    outcome = run.cancel(StopReason.USER_STOP, mode)
-    accepted = {"runId": run.id, "status": "stopping", "mode": run.stop_mode.value}
-    if outcome is CancelOutcome.DEFERRED or (outcome is CancelOutcome.STOPPING and mode is not StopMode.ROLLBACK):
-        return Response(accepted, status_code=HTTP_202_ACCEPTED)
-    # Stopped already, completing, or rolling back: the final status follows within milliseconds.
-    await run.wait_finished()
-    final = {"runId": run.id, "status": run.status.value, "mode": run.stop_mode.value, "rolledBack": run.rolled_back}
-    return Response(final, status_code=HTTP_200_OK)
-
-
-async def _stop_recorded(services: Services, user: User, run_id: str, mode: StopMode) -> Response[dict[str, Any]]:
-    """A run not in this worker's memory: another worker's (stopped through it), finished, or not
-    started yet (the stop is remembered for it)."""
-    remote = await stop_elsewhere(services, user, run_id, StopReason.USER_STOP, mode)
-    if remote is not None:
-        services.manager.forget_stop(user.id, run_id)
-        return await _stopped_remotely(services, run_id, mode, remote)
-    row = await services.runs.get(run_id)
-    run = services.manager.get(run_id)
-    if run is not None:  # started here during those awaits: it took the remembered stop
-        return await _stop_live(run, user, mode)
-    if row is None:
-        return Response({"runId": run_id, "status": "pending", "mode": mode.value}, status_code=HTTP_202_ACCEPTED)
-    services.manager.forget_stop(user.id, run_id)  # the id is taken: no start can use it
-    check_run_owner(row.user_id, user, run_id)
-    return Response({"runId": run_id, "status": row.status}, status_code=HTTP_200_OK)
-
-
-async def _stopped_remotely(
-    services: Services, run_id: str, mode: StopMode, remote: RemoteStop
-) -> Response[dict[str, Any]]:
-    if remote.stopping and mode is not StopMode.ROLLBACK:
-        return Response({"runId": run_id, "status": "stopping", "mode": remote.mode}, status_code=HTTP_202_ACCEPTED)
-    # As on the owner: stopped already, completing, or rolling back: answer with the final status.
-    assert services.cluster is not None
-    await services.cluster.wait_ended(run_id, ROLLBACK_WAIT_S)
-    row = await services.runs.get(run_id)
-    status = row.status if row else remote.status
-    rolled_back = bool(row and row.rolled_back)
-    final = {"runId": run_id, "status": status, "mode": remote.mode, "rolledBack": rolled_back}
+    result = await services.control.stop(user.id, run_id, mode, settle=True)
+    if result.state is not StopState.ENDED:
+        body = {"runId": run_id, "status": result.state.value, "mode": result.mode}
+        return Response(body, status_code=HTTP_202_ACCEPTED)
+    if result.mode is None:  # answered from the run's row: it had ended before
+        return Response({"runId": run_id, "status": result.status}, status_code=HTTP_200_OK)
+    final = {"runId": run_id, "status": result.status, "mode": result.mode, "rolledBack": result.rolled_back}
     return Response(final, status_code=HTTP_200_OK)

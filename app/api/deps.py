@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias, overload
+from typing import Any, TypeAlias
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -10,7 +10,8 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from app.control.run import RUN_ID_PATTERN
-from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from app.errors import BadRequest, Unauthorized
+from app.runs import access
 from app.services import Services
 from app.store.models import App, User
 
@@ -44,28 +45,8 @@ async def provide_user(request: Request[Any, Any, Any], services: ServicesDep) -
     return user
 
 
-@overload
-def without_nul(text: str) -> str: ...
-@overload
-def without_nul(text: None) -> None: ...
-def without_nul(text: str | None) -> str | None:
-    """User text as it is stored: without NUL characters, which PostgreSQL's text type refuses
-    and which mean nothing in a prompt or a name (as surrounding whitespace, they are dropped)."""
-    return text.replace("\x00", "") if text is not None else None
-
-
 async def owned_app(services: Services, user: User, app_id: str) -> App:
-    app = await services.apps.get(app_id)
-    if app is None:
-        raise NotFound(f"no app {app_id!r}", code="app_not_found")
-    if app.owner_id != user.id:
-        raise Forbidden(f"app {app_id!r} belongs to another user")
-    return app
-
-
-def check_run_owner(owner_id: str, user: User, run_id: str) -> None:
-    if owner_id != user.id:
-        raise Forbidden(f"run {run_id!r} belongs to another user")
+    return await access.owned_app(services.apps, user.id, app_id)
 
 
 def check_run_id(run_id: str) -> str:

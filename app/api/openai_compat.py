@@ -6,7 +6,6 @@ the server. Errors take OpenAI's shape (app/proxy/errors.py).
 
 from __future__ import annotations
 
-import functools
 import uuid
 from typing import Annotated, Any, TypeAlias
 
@@ -20,17 +19,15 @@ from litestar.params import Body
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
 
-from app.api.deps import CurrentUser, ServicesDep, bearer_token, check_run_owner
+from app.api.deps import CurrentUser, ServicesDep, bearer_token
 from app.api.openapi import error_responses, response
 from app.api.proxy_relay import AsgiReply, relay
-from app.api.stopping import stop_elsewhere
-from app.control.cancel import StopMode, StopReason
-from app.control.manager import RunRequest
-from app.control.run import RUN_ID_PATTERN, CancelOutcome, Run, RunKind
+from app.control.run import RUN_ID_PATTERN
 from app.errors import AppError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, error_headers
 from app.llm.client import UpstreamError
-from app.proxy import ChatExchange, ProxyRequest, parse_proxy_request, run_chat
+from app.proxy import ChatExchange, ProxyRequest, parse_proxy_request
 from app.proxy.errors import openai_error, upstream_failure
+from app.runs import StopState
 from app.services import Services
 from app.store.models import User
 
@@ -60,7 +57,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         user, request = await _receive(services, scope, receive)
         run_id = request.run_id or uuid.uuid4().hex
         exchange = ChatExchange(request, run_id)
-        run = await _start(services, user, exchange, run_id)
+        run = await services.control.start_chat(user.id, exchange, run_id)
     except AppError as exc:
         # Without a run id, the app's hook echoes the client's X-Request-Id if it is a valid one.
         headers = [(name.lower().encode(), value.encode()) for name, value in error_headers(exc).items()]
@@ -78,22 +75,6 @@ async def _receive(services: Services, scope: Scope, receive: Receive) -> tuple[
     raw = await _read_body(receive, settings.max_chat_body_bytes)
     request = parse_proxy_request(raw, _header(scope, b"x-request-id"), settings.llm.model, settings.max_message_chars)
     return user, request
-
-
-async def _start(services: Services, user: User, exchange: ChatExchange, run_id: str) -> Run:
-    services.limits.take_start(user.id)
-    return await services.manager.start(
-        RunRequest(
-            run_id=run_id,
-            app_id=None,
-            user_id=user.id,
-            message=exchange.request.summary,
-            workspace=None,
-            kind=RunKind.CHAT,
-            job=functools.partial(run_chat, llm=services.llm, exchange=exchange),
-            deferred_insert=True,  # the upstream request goes out first; the row follows
-        )
-    )
 
 
 async def _authenticate(services: Services, scope: Scope) -> User:
@@ -146,22 +127,16 @@ INTERRUPT_RESPONSES = {
 @post("/interrupt", status_code=HTTP_200_OK, responses=INTERRUPT_RESPONSES)
 async def interrupt(data: InterruptBody, services: ServicesDep, user: CurrentUser) -> Response[dict[str, Any]]:
     request_id = _interrupt_target(data)
-    services.limits.take_stop(user.id)
-    run = services.manager.get(request_id)
-    if run is None:
-        if RUN_ID_PATTERN.fullmatch(request_id):  # an id a request could have: remembered for it
-            services.manager.remember_stop(user.id, request_id, StopMode.IMMEDIATE)
-        return await _interrupt_recorded(services, user, request_id)
-    return _interrupt_live(run, user, request_id)
-
-
-def _interrupt_live(run: Run, user: User, request_id: str) -> Response[dict[str, Any]]:
-    check_run_owner(run.user_id, user, request_id)
-    outcome = run.cancel(StopReason.USER_STOP)
-    if outcome is CancelOutcome.STOPPING:
-        return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", run.status.value)
+    if not RUN_ID_PATTERN.fullmatch(request_id):
+        raise NotFound(f"no request {request_id!r}: not a request id", code="request_not_found")
+    result = await services.control.stop(user.id, request_id)
+    if result.state is StopState.PENDING:
+        message = f"Request {request_id} has not started: it is interrupted as it starts"
+        return _interrupt_answer(request_id, message, "pending", HTTP_202_ACCEPTED)
+    if result.took_effect:
+        return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", result.status)
     # Already stopped by an earlier interrupt, or completing/complete: nothing left to stop.
-    return _interrupt_answer(request_id, f"Request {request_id} had already finished", run.status.value)
+    return _interrupt_answer(request_id, f"Request {request_id} had already finished", result.status)
 
 
 def _interrupt_target(data: InterruptRequest) -> str:
@@ -171,29 +146,6 @@ def _interrupt_target(data: InterruptRequest) -> str:
     if len(ids) > 1:
         raise BadRequest("'requestId' and 'messageId' name the same request: send one of them", code="ambiguous_id")
     return ids.pop()
-
-
-async def _interrupt_recorded(services: Services, user: User, request_id: str) -> Response[dict[str, Any]]:
-    """A request this worker does not hold: another worker's (stopped through it), finished, or
-    not started yet (the stop is remembered for it)."""
-    remote = await stop_elsewhere(services, user, request_id, StopReason.USER_STOP, StopMode.IMMEDIATE)
-    if remote is not None:
-        services.manager.forget_stop(user.id, request_id)
-        if remote.stopping:
-            return _interrupt_answer(request_id, f"Interrupt signal sent for request {request_id}", remote.status)
-        return _interrupt_answer(request_id, f"Request {request_id} had already finished", remote.status)
-    row = await services.runs.get(request_id)
-    run = services.manager.get(request_id)
-    if run is not None:  # started here during those awaits: it took the remembered stop
-        return _interrupt_live(run, user, request_id)
-    if row is None:
-        if not RUN_ID_PATTERN.fullmatch(request_id):
-            raise NotFound(f"no request {request_id!r}: not a request id", code="request_not_found")
-        message = f"Request {request_id} has not started: it is interrupted as it starts"
-        return _interrupt_answer(request_id, message, "pending", HTTP_202_ACCEPTED)
-    services.manager.forget_stop(user.id, request_id)  # the id is taken: no request can use it
-    check_run_owner(row.user_id, user, request_id)
-    return _interrupt_answer(request_id, f"Request {request_id} had already finished", row.status)
 
 
 def _interrupt_answer(request_id: str, message: str, status: str, code: int = HTTP_200_OK) -> Response[dict[str, Any]]:

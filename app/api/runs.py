@@ -9,7 +9,7 @@ from litestar.params import HeaderParameter, QueryParameter
 from litestar.types import ASGIApp
 from starlette.responses import Response as PlainResponse
 
-from app.api.deps import CurrentUser, ServicesDep, check_run_owner
+from app.api.deps import CurrentUser, ServicesDep
 from app.api.openapi import APP_ERRORS, RUN_ID, SSE, RunIdPath, error_responses, optional_string, response
 from app.api.sse import (
     ACTIVE_STATUSES,
@@ -21,6 +21,7 @@ from app.api.sse import (
 from app.api.views import RunView, live_run_view, row_run_view
 from app.control.run import OnDisconnect, Run
 from app.errors import BadRequest, Conflict, NotFound
+from app.runs.access import check_run_owner
 from app.services import Services
 from app.store.models import Run as RunRow
 from app.store.models import User
@@ -45,7 +46,7 @@ class RunsController(Controller):
     async def get_run(self, run_id: RunIdPath, services: ServicesDep, user: CurrentUser) -> dict[str, Any]:
         run = services.manager.get(run_id)
         if run is not None:
-            check_run_owner(run.user_id, user, run_id)
+            check_run_owner(run.user_id, user.id, run_id)
             return live_run_view(run)
         return row_run_view(await _owned_row(services, user, run_id))
 
@@ -82,7 +83,7 @@ class RunsController(Controller):
             run = services.manager.get(run_id)
             if run is None:
                 return await _join_recorded(services, row, after, on_disconnect)
-        check_run_owner(run.user_id, user, run_id)
+        check_run_owner(run.user_id, user.id, run_id)
         return _join_live(services, run, after, on_disconnect)
 
 
@@ -114,5 +115,5 @@ async def _owned_row(services: Services, user: User, run_id: str) -> RunRow:
     row = await services.runs.get(run_id)
     if row is None:
         raise NotFound(f"no run {run_id!r}", code="run_not_found")
-    check_run_owner(row.user_id, user, run_id)
+    check_run_owner(row.user_id, user.id, run_id)
     return row
