@@ -22,6 +22,7 @@ from app.api.agent_ws import agent_socket
 from app.api.apps import AppsController
 from app.api.chat import ChatController
 from app.api.deps import provide_services, provide_user
+from app.api.errors import EXCEPTION_HANDLERS
 from app.api.home import healthz, home, metrics, readyz
 from app.api.openai_compat import v1_router
 from app.api.preview import PreviewController
@@ -29,7 +30,6 @@ from app.api.requests import JsonRequest
 from app.api.runs import RunsController
 from app.api.templates import list_templates
 from app.api.workspace import WorkspaceController
-from app.errors import EXCEPTION_HANDLERS
 from app.logs import configure_logging
 from app.services import Services
 from app.settings import Settings

@@ -20,10 +20,11 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from litestar.types import ExceptionHandlersMap, Receive, Scope, Send
 
 from app.api.deps import CurrentUser, ServicesDep, bearer_token
+from app.api.errors import MethodNotAllowed, error_headers, http_status
 from app.api.openapi import error_responses, response
 from app.api.proxy_relay import AsgiReply, relay
 from app.control.run import RUN_ID_PATTERN
-from app.errors import AppError, BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, Unauthorized, error_headers
+from app.errors import AppError, BadRequest, NotFound, PayloadTooLarge, Unauthorized
 from app.llm.client import UpstreamError
 from app.proxy import ChatExchange, ProxyRequest, parse_proxy_request
 from app.proxy.errors import openai_error, upstream_failure
@@ -61,8 +62,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
     except AppError as exc:
         # Without a run id, the app's hook echoes the client's X-Request-Id if it is a valid one.
         headers = [(name.lower().encode(), value.encode()) for name, value in error_headers(exc).items()]
-        body = msgspec.json.encode(openai_error(exc.status, exc.code, exc.message))
-        await AsgiReply(scope, send, run_id, services.settings.send_timeout_s).json(exc.status, body, headers)
+        status = http_status(exc)
+        body = msgspec.json.encode(openai_error(status, exc.code, exc.message))
+        await AsgiReply(scope, send, run_id, services.settings.send_timeout_s).json(status, body, headers)
         return
     await relay(run, exchange, AsgiReply(scope, send, run.id, services.settings.send_timeout_s), receive)
 
@@ -153,7 +155,8 @@ def _interrupt_answer(request_id: str, message: str, status: str, code: int = HT
 
 
 def _app_error(_: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, Any]]:
-    return Response(openai_error(exc.status, exc.code, exc.message), status_code=exc.status, headers=error_headers(exc))
+    status = http_status(exc)
+    return Response(openai_error(status, exc.code, exc.message), status_code=status, headers=error_headers(exc))
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:

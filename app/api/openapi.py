@@ -18,8 +18,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType
 from litestar.params import BodyKwarg, KwargDefinition, PathParameter
 
+from app.api.errors import ErrorBody
 from app.control.run import RUN_ID_PATTERN
-from app.errors import ErrorBody
 from app.settings import Settings
 
 T = TypeVar("T")

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 from litestar.types import Receive, Scope, Send
 
+from app.api.errors import http_status
 from app.control.cancel import StopReason
 from app.control.events import Done, Failed, Interrupted, LoggedEvent, UpstreamOpened, pieces
 from app.control.run import Run
@@ -159,7 +160,8 @@ async def _answer_failure(run: Run, exchange: ChatExchange, reply: AsgiReply) ->
 def _failure(run: Run, exchange: ChatExchange) -> tuple[int, dict[str, Any]]:
     """Why the run did not answer: refused after its start, or failed (upstream or not)."""
     if run.rejection is not None:
-        return run.rejection.status, openai_error(run.rejection.status, run.rejection.code, run.rejection.message)
+        status = http_status(run.rejection)
+        return status, openai_error(status, run.rejection.code, run.rejection.message)
     error = run.error or Failed("internal", "the run failed")
     return upstream_failure(exchange.upstream_error, error.code, error.message)
 

@@ -17,6 +17,7 @@ from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
+from app.clock import utcnow
 from app.control.cancel import StopMode, StopReason
 from app.control.events import SSE_SEPARATOR, pieces
 from app.control.run import OnDisconnect, Run
@@ -24,7 +25,6 @@ from app.errors import BadRequest
 from app.http_protocol import abort_connection
 from app.services import Services
 from app.store.models import Run as RunRow
-from app.store.models import utcnow
 
 STALLED = "reader stopped reading: disconnected after the send timeout (%.0f s)"
 # After SIGTERM, streams get this long to deliver their `interrupted` event.

@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from app.clock import utcnow
 from app.control.cancel import RunCancelled, StopGate, StopMode, StopReason, uncancel_current_task
 from app.control.events import (
     Done,
@@ -42,7 +43,6 @@ from app.control.outcomes import Completion, Published, RunFailed
 from app.errors import AppError
 from app.logs import bind
 from app.metrics import Metrics
-from app.store.models import utcnow
 
 log = logging.getLogger(__name__)
 

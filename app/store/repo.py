@@ -11,9 +11,10 @@ from sqlalchemy import Update, and_, bindparam, delete, func, insert, or_, selec
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from app.clock import utcnow
 from app.errors import AppBusy, Conflict, NotFound, ServiceUnavailable
 from app.store.db import Database
-from app.store.models import App, ChatMessage, Run, User, Worker, utcnow
+from app.store.models import App, ChatMessage, Run, User, Worker
 
 if TYPE_CHECKING:
     from app.control.outcomes import Published
