@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from app.build import BuildSettings
 from app.logs import LOG_FORMATS
 from app.sandbox import SANDBOX_KINDS, SandboxLimits, SandboxSettings
 
@@ -19,6 +18,21 @@ _MIB = 1024 * 1024
 
 class SettingsError(ValueError):
     """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildSettings:
+    """How the build after a vue_project run goes (app/builder)."""
+
+    enabled: bool = True
+    npm: str = "npm"
+    install_timeout_s: float = 600.0
+    build_timeout_s: float = 300.0
+    tail_lines: int = 40  # lines of log kept for the failure message
+    max_line_chars: int = 2000  # longer output lines are cut
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    # The install's download cache; None: npm's own default for the server's user (~/.npm).
+    npm_cache: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.build import BuildSettings
 from app.control.cancel import StopGate
-from app.settings import LimitSettings, LLMSettings, Settings
+from app.settings import BuildSettings, LimitSettings, LLMSettings, Settings
 
 # PostgreSQL and Redis, for the tests that need them (skip, or fail under RUNFORGE_REQUIRE_SERVICES=1).
 from tests.services import pg_database_url, redis_url  # noqa: F401

@@ -26,9 +26,8 @@ import websockets
 from litestar.routes import ASGIRoute, HTTPRoute, WebSocketRoute
 from sqlalchemy import event, select
 
-from app.build import BuildSettings
 from app.logs import RedactSecrets
-from app.settings import LLMSettings, Settings
+from app.settings import BuildSettings, LLMSettings, Settings
 from app.store.models import User
 from app.store.repo import hash_token
 from app.workspace.preview_links import PreviewLinks

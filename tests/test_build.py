@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 
-from app.build import (
+from app.builder import (
     BUILD_DIR_PREFIX,
     INSTALL_STAMP,
     BuildFailed,
     BuildResult,
-    BuildSettings,
     discard_build,
     publish_build,
     run_build,
@@ -31,6 +30,7 @@ from app.build import (
 from app.control.cancel import RunCancelled, StopGate, StopReason
 from app.control.events import BuildEvent
 from app.sandbox import SANDBOX_KINDS, SandboxKind, SandboxSettings
+from app.settings import BuildSettings
 from tests.process_kit import (
     DEAD_WITHIN_S,
     assert_all_dead,

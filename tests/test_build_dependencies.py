@@ -1,4 +1,4 @@
-"""The install fetches registry packages only: what app/build/dependencies.py lets through and refuses."""
+"""The install fetches registry packages only: what app/builder/dependencies.py lets through and refuses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.build.dependencies import DEFAULT_REGISTRY, DependencyRefused, check_install_inputs
+from app.builder.dependencies import DEFAULT_REGISTRY, DependencyRefused, check_install_inputs
 
 MIRROR = "https://npm.example.internal/registry"
 

@@ -25,11 +25,11 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from app.build import BUILD_DIR_PREFIX, BuildFailed, BuildSettings, publish_build, run_build
+from app.builder import BUILD_DIR_PREFIX, BuildFailed, publish_build, run_build
 from app.control.cancel import StopGate
 from app.control.events import BuildEvent
 from app.presets import Preset, copy_preset, load_catalog
-from app.settings import DEFAULT_TEMPLATES_DIR
+from app.settings import DEFAULT_TEMPLATES_DIR, BuildSettings
 
 SKIP_ENV = "RUNFORGE_SKIP_NPM_BUILDS"
 SETTINGS = BuildSettings(install_timeout_s=300, build_timeout_s=120)

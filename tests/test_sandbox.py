@@ -27,12 +27,12 @@ from typing import Any
 import httpx
 import pytest
 
-from app.build import BuildFailed, BuildResult, BuildSettings, run_build
+from app.builder import BuildFailed, BuildResult, run_build
 from app.control.cancel import StopGate
 from app.control.events import BuildEvent
 from app.presets import copy_preset, load_catalog
 from app.sandbox import SandboxLimits, SandboxSettings, sandbox_for
-from app.settings import DEFAULT_TEMPLATES_DIR, Settings
+from app.settings import DEFAULT_TEMPLATES_DIR, BuildSettings, Settings
 from tests.process_kit import assert_no_sandbox_left, is_alive, no_process_left, processes_in, sandboxed_processes
 from tests.support import ServerThread, collect, gen_url, open_stream
 

@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.build import BUILD_DIR_PREFIX, BuildSettings, run_build
+from app.builder import BUILD_DIR_PREFIX, run_build
 from app.control.cancel import StopGate
 from app.control.events import BuildEvent
 from app.llm.simulator import SCENARIOS, Params, Turn
-from app.settings import Settings
+from app.settings import BuildSettings, Settings
 from tests.process_kit import (
     assert_all_dead,
     is_alive,

@@ -22,8 +22,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from app.build import BuildSettings
-from app.settings import LLMSettings, Settings
+from app.settings import BuildSettings, LLMSettings, Settings
 from tests.support import HANG_TIMEOUT_S, Event, ServerThread, collect, gen_url, open_stream
 from tests.workspace_kit import HARDLINK_HOSTILE, HOSTILE, SYMLINK_HOSTILE, UNICODE_HOSTILE, make_workspace
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from app.agent.loop import History, ToolLoop, initial_messages, run_tool_loop, stream_step
 from app.agent.prompts import TEMPLATE_MARKER
-from app.build import BuildFailed, BuildResult, BuildSettings, discard_build, publish_build, run_build
+from app.builder import BuildFailed, BuildResult, discard_build, publish_build, run_build
 from app.checkpoints import CheckpointError, Checkpoints
 from app.codegen.fences import FILE_FOR_LANG, BlockClosed, BlockOpened, FenceParser, files_from_blocks
 from app.codegen.types import CodeGenType
@@ -35,6 +35,7 @@ from app.control.outcomes import Completion, Published, RunFailed
 from app.control.run import Run
 from app.llm.client import LLMClient
 from app.presets import Catalog, Preset, PresetError, copy_preset, match_prompt
+from app.settings import BuildSettings
 from app.workspace import fs
 
 log = logging.getLogger(__name__)

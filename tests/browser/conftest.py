@@ -26,8 +26,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from app.build import BuildSettings
-from app.settings import Settings
+from app.settings import BuildSettings, Settings
 from tests.support import ServerThread
 
 if TYPE_CHECKING:

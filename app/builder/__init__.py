@@ -1,12 +1,11 @@
-"""The build that follows a completed vue_project run (see :mod:`app.build.runner`)."""
+"""The build that follows a completed vue_project run (see :mod:`app.builder.runner`)."""
 
-from app.build.runner import (
+from app.builder.runner import (
     BUILD_DIR_PREFIX,
     INSTALL_STAMP,
     BuildFailed,
     BuildFailureCode,
     BuildResult,
-    BuildSettings,
     discard_build,
     publish_build,
     run_build,
@@ -18,7 +17,6 @@ __all__ = [
     "BuildFailed",
     "BuildFailureCode",
     "BuildResult",
-    "BuildSettings",
     "discard_build",
     "publish_build",
     "run_build",

@@ -1,14 +1,18 @@
-"""Process-group supervision for one confined step: spawn it in a session, stream its lines, kill it.
+"""A command in a process group of its own: spawned in a session, its output streamed as lines,
+killed with its whole group when it ends, times out or is cancelled.
 
 Why it is shaped this way:
 
-* the step's first process (the sandbox, or npm when unconfined) leads a session of its own, which
-  is its own process group. One ``killpg`` then ends it and all it started in that group; inside
-  a sandbox the rest dies with the sandbox's PID namespace (``--die-with-parent``).
+* the command's first process leads a session of its own, which is its own process group. One
+  ``killpg`` then ends it and all it started in that group (a process that calls setsid itself
+  leaves; a sandbox's PID namespace catches those).
 * the group is killed after a normal exit too: a script may leave a watcher behind.
-* a cancellation (a stop) becomes "kill the group, wait until it is dead, re-raise", so once a run
-  has ended nothing of its build is still running.
-* a watchdog (app/sandbox/quota.py) may end the step early; :class:`Output` records why.
+* a cancellation (a stop) becomes "kill the group, wait until it is dead, re-raise", so once the
+  caller's task has ended nothing the command started is still running.
+* output is read as lines of bounded length: a minified bundle printed on one line is not
+  buffered whole. What a line means is the caller's (``GroupOutput.on_line``).
+
+Used by the build (app/builder), whose commands run inside the sandbox (app/sandbox).
 """
 
 from __future__ import annotations
@@ -19,15 +23,9 @@ import os
 import re
 import signal
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any
-
-from app.control.cancel import StopGate
-from app.control.events import BuildEvent
-from app.sandbox import Jail
-from app.sandbox.rlimits import limit_in_output
-
-Emit = Callable[[BuildEvent], None]
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, Protocol
 
 # CSI sequences (colours, cursor moves), OSC sequences (titles, links), and two-byte escapes.
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
@@ -40,12 +38,65 @@ _ESCAPE_ALLOWANCE = 1024
 _OUTPUT_GRACE_S = 2.0
 
 
-async def run_step(jail: Jail, output: Output, timeout_s: float) -> int | None:
-    """Run the jail's argv to its end (exit, timeout or cancellation), always killing its whole group.
+class Command(Protocol):
+    """What to spawn (a sandbox's Jail is one)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+class GroupOutput(asyncio.SubprocessProtocol):
+    """Splits the command's output into clean lines for ``on_line``, keeps their tail, and tells
+    when the command exited and when its output ended."""
+
+    def __init__(self, *, tail_lines: int, max_line_chars: int) -> None:
+        self.exited = asyncio.Event()  # the leader has exited and been reaped
+        self.output_ended = asyncio.Event()  # every writer of the pipe is gone
+        self.pid: int | None = None
+        self._max_chars = max_line_chars
+        self._tail: deque[str] = deque(maxlen=tail_lines)
+        self._lines = _LineSplitter(_BYTES_PER_CHAR * max_line_chars + _ESCAPE_ALLOWANCE)
+
+    def on_line(self, line: str) -> None:
+        """One line of output (not blank, escape codes dropped, cut to the maximum length)."""
+
+    def mute(self) -> None:
+        """The caller is being stopped: its lines are of no more use to anyone."""
+
+    def tail(self) -> str:
+        return "\n".join(self._tail)
+
+    def kill(self) -> None:
+        """End the command now (a watchdog's verdict): its group is killed, and it exits."""
+        if self.pid is not None:
+            kill_group(self.pid)
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        for raw in self._lines.feed(data):
+            self._line(raw)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        for raw in self._lines.flush():
+            self._line(raw)
+        self.output_ended.set()
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
+    def _line(self, raw: bytes) -> None:
+        line = _clean_line(raw, self._max_chars)
+        if line.strip():  # an empty line carries nothing
+            self._tail.append(line)
+            self.on_line(line)
+
+
+async def run_in_group(command: Command, output: GroupOutput, timeout_s: float) -> int | None:
+    """Run the command to its end (exit, timeout or cancellation), always killing its whole group.
 
     Returns the exit code, or None when it ran out of time. FileNotFoundError: no such program.
     """
-    transport = await _spawn(jail, output)
+    transport = await _spawn(command, output)
     try:
         return await _wait_for_exit(transport, output, timeout_s)
     except asyncio.CancelledError:
@@ -55,23 +106,23 @@ async def run_step(jail: Jail, output: Output, timeout_s: float) -> int | None:
         await to_the_end(_end_group(transport, output))
 
 
-async def _spawn(jail: Jail, output: Output) -> asyncio.SubprocessTransport:
+async def _spawn(command: Command, output: GroupOutput) -> asyncio.SubprocessTransport:
     """Start the step as the leader of a new session, so that one killpg reaches all it starts.
 
     The creation is shielded: a cancellation that arrives meanwhile must not lose the handle of a
     process that is about to exist, so we wait for it, kill its group, and only then re-raise.
-    close_fds (the default) leaves the step no descriptor of the server's but its three pipes.
+    close_fds (the default) leaves the command no descriptor of the server's but its three pipes.
     """
     loop = asyncio.get_running_loop()
     creating = asyncio.ensure_future(
         loop.subprocess_exec(
             lambda: output,
-            *jail.argv,
+            *command.argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            cwd=jail.cwd,
-            env=jail.env,
+            cwd=command.cwd,
+            env=command.env,
             start_new_session=True,
         )
     )
@@ -85,7 +136,9 @@ async def _spawn(jail: Jail, output: Output) -> asyncio.SubprocessTransport:
     return transport
 
 
-async def _abandon(creating: asyncio.Future[tuple[asyncio.SubprocessTransport, Output]], output: Output) -> None:
+async def _abandon(
+    creating: asyncio.Future[tuple[asyncio.SubprocessTransport, GroupOutput]], output: GroupOutput
+) -> None:
     await asyncio.wait({creating})
     if creating.cancelled() or creating.exception() is not None:
         return  # no process was started (exception() also marks the error as retrieved)
@@ -93,7 +146,7 @@ async def _abandon(creating: asyncio.Future[tuple[asyncio.SubprocessTransport, O
     await _end_group(transport, output)
 
 
-async def _wait_for_exit(transport: asyncio.SubprocessTransport, output: Output, timeout_s: float) -> int | None:
+async def _wait_for_exit(transport: asyncio.SubprocessTransport, output: GroupOutput, timeout_s: float) -> int | None:
     """The step's exit code, or None when it ran out of time."""
     try:
         async with asyncio.timeout(timeout_s):
@@ -103,7 +156,7 @@ async def _wait_for_exit(transport: asyncio.SubprocessTransport, output: Output,
     return transport.get_returncode()  # set before process_exited() is called
 
 
-async def _end_group(transport: asyncio.SubprocessTransport, output: Output) -> None:
+async def _end_group(transport: asyncio.SubprocessTransport, output: GroupOutput) -> None:
     """Kill the whole process group, wait until its leader is reaped and the output has ended."""
     kill_group(transport.get_pid())
     await output.exited.wait()
@@ -138,57 +191,6 @@ async def to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
         raise asyncio.CancelledError
     if error is not None:
         raise error
-
-
-class Output(asyncio.SubprocessProtocol):
-    """Streams one step's output as events, keeps its tail, and tells when the step exited."""
-
-    def __init__(self, step: str, emit: Emit, gate: StopGate, *, tail_lines: int, max_line_chars: int) -> None:
-        self.exited = asyncio.Event()  # the leader has exited and been reaped
-        self.output_ended = asyncio.Event()  # every writer of the pipe is gone
-        self.pid: int | None = None
-        self.limit: str | None = None  # a limit the output showed, or the watchdog enforced
-        self._step = step
-        self._emit = emit
-        self._gate = gate
-        self._muted = False
-        self._max_chars = max_line_chars
-        self._tail: deque[str] = deque(maxlen=tail_lines)
-        self._lines = _LineSplitter(_BYTES_PER_CHAR * max_line_chars + _ESCAPE_ALLOWANCE)
-
-    def mute(self) -> None:
-        self._muted = True
-
-    def tail(self) -> str:
-        return "\n".join(self._tail)
-
-    def end_for(self, limit: str) -> None:
-        """A watchdog's verdict: record the limit, kill the group (the step then exits)."""
-        self.limit = limit  # the watchdog's measurement outranks what the output suggested
-        if self.pid is not None:
-            kill_group(self.pid)
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        for raw in self._lines.feed(data):
-            self._line(raw)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        for raw in self._lines.flush():
-            self._line(raw)
-        self.output_ended.set()
-
-    def process_exited(self) -> None:
-        self.exited.set()
-
-    def _line(self, raw: bytes) -> None:
-        line = _clean_line(raw, self._max_chars)
-        if not line.strip():
-            return  # an empty output event would carry nothing
-        self._tail.append(line)
-        self.limit = self.limit or limit_in_output(line)
-        # The gate closes before the task is cancelled: output arriving in between is not shown either.
-        if not (self._muted or self._gate.closed):
-            self._emit(BuildEvent(self._step, "output", line=line))
 
 
 class _LineSplitter:

@@ -3,14 +3,14 @@
 Why it is shaped this way:
 
 * both steps run in the sandbox (app/sandbox): the install with network but without any package's
-  scripts (``--ignore-scripts``, and only registry packages: app/build/dependencies.py), the build,
+  scripts (``--ignore-scripts``, and only registry packages: app/builder/dependencies.py), the build,
   which runs the scripts and config the model wrote, without network.
 * vite writes into a fresh temp dir inside the workspace, never into the live ``dist/``: the preview
   keeps serving the previous complete build until :func:`publish_build` swaps the new one in. A
   build ended by a limit, a timeout or a stop leaves the workspace as the last complete build left it.
 * ``npm install`` is slow, so it runs only when package.json or package-lock.json changed since
   the last successful install (a hash stamp inside ``node_modules``).
-* each step is supervised as one process group (app/build/supervisor.py): a stop closes the gate
+* each step is supervised as one process group (app/processes.py): a stop closes the gate
   and cancels the run's task, which becomes "kill the group, wait until it is dead, remove the
   temp dir, re-raise", so once the run has ended nothing of its build is running or half-made.
 """
@@ -25,16 +25,18 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from app.build.dependencies import DEFAULT_REGISTRY, DependencyRefused, check_install_inputs
-from app.build.supervisor import Emit, Output, run_step, to_the_end
+from app.builder.dependencies import DEFAULT_REGISTRY, DependencyRefused, check_install_inputs
+from app.builder.output import BuildOutput, Emit
 from app.control.cancel import StopGate, to_thread_to_the_end
 from app.control.events import BuildEvent
-from app.sandbox import Confinement, Jail, SandboxLimits, SandboxSettings, SandboxUnavailable, sandbox_for
+from app.processes import run_in_group, to_the_end
+from app.sandbox import Confinement, Jail, SandboxLimits, SandboxUnavailable, sandbox_for
 from app.sandbox.quota import remove_added, tree_paths, watch_growth
+from app.settings import BuildSettings
 
 __all__ = [
     "BUILD_DIR_PREFIX",
@@ -42,7 +44,6 @@ __all__ = [
     "BuildFailed",
     "BuildFailureCode",
     "BuildResult",
-    "BuildSettings",
     "discard_build",
     "publish_build",
     "run_build",
@@ -69,19 +70,6 @@ _CHILD_ENV = {
 # The install reaches the registry through the operator's proxy and CA, if there are any. Only the
 # install: node reads NODE_EXTRA_CA_CERTS at every start (~40 ms here), and the build needs no TLS.
 _PROXY_ENV = ("http_proxy", "https_proxy", "no_proxy", "node_extra_ca_certs")
-
-
-@dataclass(frozen=True, slots=True)
-class BuildSettings:
-    enabled: bool = True
-    npm: str = "npm"
-    install_timeout_s: float = 600.0
-    build_timeout_s: float = 300.0
-    tail_lines: int = 40  # lines of log kept for the failure message
-    max_line_chars: int = 2000  # longer output lines are cut
-    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
-    # The install's download cache; None: npm's own default for the server's user (~/.npm).
-    npm_cache: Path | None = None
 
 
 class BuildFailed(Exception):
@@ -321,7 +309,9 @@ async def _run_step(
     gate.check()  # a stopped run starts no npm
     emit(BuildEvent(command.step, "started", line=command.label))
     jail = await _confine(command, workspace, settings, emit)
-    output = Output(command.step, emit, gate, tail_lines=settings.tail_lines, max_line_chars=settings.max_line_chars)
+    output = BuildOutput(
+        command.step, emit, gate, tail_lines=settings.tail_lines, max_line_chars=settings.max_line_chars
+    )
     started = time.monotonic()
     try:
         exit_code = await _supervised(jail, output, command, workspace, settings.sandbox.limits)
@@ -369,18 +359,18 @@ async def _release(making: asyncio.Future[Jail]) -> None:
 
 
 async def _supervised(
-    jail: Jail, output: Output, command: _Command, workspace: Path, limits: SandboxLimits
+    jail: Jail, output: BuildOutput, command: _Command, workspace: Path, limits: SandboxLimits
 ) -> int | None:
     """The step's exit code (None: out of time), with the write watchdog beside it when there is a limit.
 
     A step ended by the write limit has what it added removed again: the disk it filled is given back.
     """
     if not limits.write_bytes:
-        return await run_step(jail, output, command.timeout_s)
+        return await run_in_group(jail, output, command.timeout_s)
     before = await asyncio.to_thread(tree_paths, workspace)
     watchdog = asyncio.create_task(watch_growth(workspace, limits.write_bytes, lambda: output.end_for("write_bytes")))
     try:
-        exit_code = await run_step(jail, output, command.timeout_s)
+        exit_code = await run_in_group(jail, output, command.timeout_s)
     finally:
         watchdog.cancel()
         await asyncio.wait({watchdog})
