@@ -16,7 +16,8 @@ from typing import Any
 from app.agent.prompts import system_prompt
 from app.agent.steps import PendingToolCall, StepOutput, ToolCall
 from app.control.events import ToolCallFinished, ToolCallStarted
-from app.control.run import Run, ToolCallRecord
+from app.control.run import Run
+from app.control.stats import ToolCallRecord
 from app.llm.chunks import ToolCallDelta
 from app.llm.client import LLMClient
 from app.tools import TOOL_SPECS, execute_tool
