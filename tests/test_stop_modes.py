@@ -25,8 +25,8 @@ import pytest
 from app.build import BUILD_DIR_PREFIX, BuildSettings, run_build
 from app.control.cancel import StopGate
 from app.control.events import BuildEvent
-from app.llm.simulator import SCENARIOS, Params, Turn
 from app.settings import Settings
+from app.simulator import SCENARIOS, Params, Turn
 from tests.process_kit import (
     assert_all_dead,
     is_alive,
