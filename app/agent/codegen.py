@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.agent.loop import History, ToolLoop, initial_messages, run_tool_loop, stream_step
-from app.agent.prompts import TEMPLATE_MARKER
 from app.builder import BuildFailed, BuildResult, discard_build, publish_build, run_build
 from app.checkpoints import CheckpointError, Checkpoints
 from app.codegen.fences import FILE_FOR_LANG, BlockClosed, BlockOpened, FenceParser, files_from_blocks
@@ -34,6 +33,7 @@ from app.control.events import CodeBlock, TemplateChosen
 from app.control.outcomes import Completion, Published, RunFailed
 from app.control.run import Run
 from app.llm.client import LLMClient
+from app.llm.prompt_format import TEMPLATE_MARKER
 from app.presets import Catalog, Preset, PresetError, copy_preset, match_prompt
 from app.settings import BuildSettings
 from app.workspace import fs
