@@ -60,6 +60,8 @@ class RunStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.INTERRUPTED, RunStatus.FAILED})
+# A row in one of these is a run some worker still owns (completing is never written to a row).
+ACTIVE_STATUSES = frozenset({RunStatus.QUEUED.value, RunStatus.RUNNING.value})
 
 
 class RunKind(StrEnum):
