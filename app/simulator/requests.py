@@ -72,7 +72,7 @@ def parse_chat_request(body: bytes, headers: Mapping[str, str], default_model: s
         stream=data.get("stream") is True,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         messages=messages,
-        tool_names=_tool_names(data.get("tools")),
+        tool_names=tool_names(data.get("tools")),
         run_id=headers.get(RUN_ID_HEADER),
         sent_at=_float_or_none(headers.get(SENT_AT_HEADER)),
         fields=sorted(data),
@@ -86,7 +86,7 @@ def _float_or_none(text: str | None) -> float | None:
         return None
 
 
-def _tool_names(tools: object) -> list[str]:
+def tool_names(tools: object) -> list[str]:
     if not isinstance(tools, list):
         return []
     functions = (t.get("function") for t in tools if isinstance(t, dict))
