@@ -24,7 +24,6 @@ from app.store.private import make_private_dir
 from app.store.repo import Users, hash_token
 
 LOCAL_USER = "local"
-LOCAL_TOKEN_FILE = "local-token"
 # What each worker process of `serve --workers N` runs: it reads its settings from the environment.
 WORKER_APP = "app.asgi:create_app_from_env"
 
@@ -261,7 +260,7 @@ async def _bootstrap_local_user(settings: Settings) -> str | None:
     try:
         await db.create_schema()
         users = Users(db)
-        token_file = settings.data_dir / LOCAL_TOKEN_FILE
+        token_file = settings.local_token_file
         if await users.count() == 0:
             _, token = await users.create(LOCAL_USER)
             await asyncio.to_thread(_write_private, token_file, token)

@@ -15,7 +15,6 @@ from typing import Any, TextIO
 import httpx
 from httpx_sse import aconnect_sse
 
-from app.cli import LOCAL_TOKEN_FILE
 from app.settings import Settings
 
 EXIT_INTERRUPTED = 130
@@ -78,7 +77,7 @@ def _prompt_problem(prompt: str, max_chars: int) -> str | None:
 
 def _local_token(settings: Settings) -> str | None:
     try:
-        return (settings.data_dir / LOCAL_TOKEN_FILE).read_text().strip() or None
+        return settings.local_token_file.read_text().strip() or None
     except OSError:
         return None
 

@@ -21,12 +21,12 @@ from app.control.pending_stops import PendingStopLimits, PendingStops
 from app.control.retention import RetentionLimits
 from app.limits import UserLimits
 from app.llm.client import LLMClient
-from app.llm.simulator import SimulatorConfig, SimulatorServer
 from app.metrics import Metrics
 from app.presets import Catalog, load_catalog
 from app.runs import RunControl
 from app.sandbox import UNCONFINED_WARNING, describe_sandbox, sandbox_for
 from app.settings import Settings
+from app.simulator import SimulatorConfig, SimulatorServer
 from app.store.db import Database
 from app.store.models import User
 from app.store.private import make_private_dir

@@ -136,6 +136,11 @@ class Settings:
         return self.data_dir / "workspaces"
 
     @property
+    def local_token_file(self) -> Path:
+        """The `local` user's token, written at the first start (read by `runforge run`)."""
+        return self.data_dir / "local-token"
+
+    @property
     def checkpoints_dir(self) -> Path:
         """One git repository per app, outside the workspaces the model writes to."""
         return self.data_dir / "checkpoints"

@@ -47,7 +47,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
-LOCAL_TOKEN_FILE = "local-token"  # app/cli.py: the `local` user's login token, in the data dir
+LOCAL_TOKEN_FILE = "local-token"  # Settings.local_token_file: the `local` user's login token
 STARTUP_TIMEOUT_S = 30.0
 SETTLE_S = 2.0  # after a phase, before its "after" RSS
 STALLED_LOG = "reader stopped reading"  # app/api/sse.py STALLED: one line per dropped reader

@@ -206,7 +206,7 @@ def start_simulator(work: Path, children: list[Child]) -> Leg:
     argv = [
         sys.executable,
         "-m",
-        "app.llm.simulator",
+        "app.simulator",
         "--host",
         "127.0.0.1",
         "--port",

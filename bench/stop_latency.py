@@ -229,7 +229,7 @@ def start_simulator(cfg: Config, work: Path, children: list[Child]) -> tuple[Chi
     argv = [
         sys.executable,
         "-m",
-        "app.llm.simulator",
+        "app.simulator",
         "--host",
         "127.0.0.1",
         "--port",

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from app.llm.simulator import RequestRecord, SimulatorConfig, SimulatorServer
+from app.simulator import RequestRecord, SimulatorConfig, SimulatorServer
 from tests.cli_kit import Child, Spawn, cli_children
 from tests.support import HANG_TIMEOUT_S
 

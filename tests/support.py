@@ -22,9 +22,9 @@ from httpx_sse import aconnect_sse
 
 from app.asgi import create_app
 from app.http_protocol import AbortingHttpProtocol
-from app.llm.simulator import RequestRecord, SimulatorServer
 from app.services import Services
 from app.settings import Settings
+from app.simulator import RequestRecord, SimulatorServer
 
 T = TypeVar("T")
 TERMINAL = ("done", "interrupted", "failed")

@@ -79,7 +79,7 @@ async def test_free_text_with_nul_is_stored_without_it(pg: Database) -> None:
     from sqlalchemy import select
 
     from app.store import repo
-    from app.store.models import App, ChatMessage, Run, User
+    from app.store.models import App, ChatMessage, RunRow, User
 
     await pg.create_schema()
     async with pg.session() as s:
@@ -89,7 +89,7 @@ async def test_free_text_with_nul_is_stored_without_it(pg: Database) -> None:
         ):
             s.add(row)
             await s.flush()  # no relationships: the unit of work does not order the inserts
-        s.add(Run(id="r1", app_id="a1", user_id="u1", message="hi\x00", status="running"))
+        s.add(RunRow(id="r1", app_id="a1", user_id="u1", message="hi\x00", status="running"))
     outcome = {f"new_{name}": None for name in repo._OUTCOME_FIELDS} | {
         "run_id": "r1",
         "new_status": "failed",
@@ -102,7 +102,7 @@ async def test_free_text_with_nul_is_stored_without_it(pg: Database) -> None:
         await conn.execute(repo._RECORD_OUTCOME, outcome)
         await conn.execute(repo._INSERT_MESSAGES, [{"app_id": "a1", "run_id": "r1", "role": "ai", "content": "a\x00b"}])
     async with pg.read() as s:
-        run = await s.get(Run, "r1")
+        run = await s.get(RunRow, "r1")
         assert run is not None
         assert (run.message, run.error_message) == ("hi", "badgateway")
         assert (await s.scalars(select(ChatMessage.content))).all() == ["ab"]

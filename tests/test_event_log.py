@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 
+from app.control.event_log import EventLog
 from app.control.events import Done, LoggedEvent, TextDelta
-from app.control.run import EventLog
 
 CAP = 10_000
 

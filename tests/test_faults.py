@@ -31,8 +31,8 @@ import httpx
 import pytest
 
 from app.control.run import RunStatus
-from app.llm.simulator import SimulatorConfig, SimulatorServer
 from app.settings import LLMSettings, Settings
+from app.simulator import SimulatorConfig, SimulatorServer
 from app.store import db as db_module
 from app.workspace.fs import is_temp_name
 from tests.fault_proxy import TcpProxy, tcp_proxy

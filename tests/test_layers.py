@@ -42,3 +42,9 @@ def test_domain_errors_carry_no_http() -> None:
 @pytest.mark.parametrize("path", sorted((APP / "runs").glob("*.py")), ids=lambda p: p.name)
 def test_run_control_knows_no_transport(path: Path) -> None:
     assert breaking(path, ("litestar", "sse_starlette", "app.api", "app.cluster")) == []
+
+
+@pytest.mark.parametrize("path", sorted((APP / "simulator").glob("*.py")), ids=lambda p: p.name)
+def test_the_simulator_knows_nothing_of_the_product_it_serves(path: Path) -> None:
+    product = ("app.agent", "app.api", "app.control", "app.runs", "app.services", "app.store", "app.cluster")
+    assert breaking(path, product) == []

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from app.store.db import Database
-from app.store.models import Base, Run, User
+from app.store.models import Base, RunRow, User
 from app.store.schema import BASELINE_REVISION, SchemaOutdated, SchemaUnknown, alembic_config
 from tests.services import PG_URL, pg_admin
 
@@ -396,9 +396,9 @@ def _legacy_run() -> dict[str, Any]:
 
 async def _assert_chat_runs_fit(db: Database) -> None:
     async with db.session() as s:
-        s.add(Run(id="chat-1", kind="chat", app_id=None, user_id="u1", message="hello", status="completed"))
+        s.add(RunRow(id="chat-1", kind="chat", app_id=None, user_id="u1", message="hello", status="completed"))
     async with db.read() as s:
-        chat = await s.get(Run, "chat-1")
+        chat = await s.get(RunRow, "chat-1")
         assert chat is not None
         assert (chat.kind, chat.app_id) == ("chat", None)
 
@@ -408,7 +408,7 @@ async def _assert_cascades_survived(db: Database) -> None:
     async with db.session() as s:
         await s.execute(delete(User).where(User.id == "u1"))
     async with db.read() as s:
-        assert (await s.execute(select(Run.id))).all() == []
+        assert (await s.execute(select(RunRow.id))).all() == []
 
 
 def _sqlite_checks(conn: Connection) -> dict[str, Any]:

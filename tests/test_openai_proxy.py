@@ -17,8 +17,8 @@ import httpx
 import openai
 import pytest
 
-from app.llm.simulator import RequestRecord
 from app.settings import LLMSettings, Settings
+from app.simulator import RequestRecord
 from tests.support import HANG_TIMEOUT_S, ServerThread, collect, open_stream, wait_for_status
 
 LONG = "[sim:long_text tokens=3000]"  # ~6 s at the tests' 2 ms pace: plenty of time to stop it

@@ -43,8 +43,8 @@ from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from app.llm.simulator import RequestRecord
 from app.settings import LimitSettings, Settings
+from app.simulator import RequestRecord
 from tests.support import HANG_TIMEOUT_S, TERMINAL, Event, ServerThread, gen_url, open_stream, text_of
 
 T = TypeVar("T")

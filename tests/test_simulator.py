@@ -20,13 +20,15 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from app.llm.simulator import (
+from app.agent.prompts import PROMPT_FILES, system_prompt
+from app.simulator import (
     Recorder,
     RequestRecord,
     SimulatorConfig,
     SimulatorServer,
     conversation_step,
     create_simulator_app,
+    output_format,
 )
 
 TOOLS: list[Any] = [
@@ -360,6 +362,11 @@ def test_conversation_step_counts_rounds_not_tool_messages() -> None:
     assert conversation_step(user("x")) == 0
 
 
+@pytest.mark.parametrize("code_gen_type", sorted(PROMPT_FILES))
+def test_every_system_prompt_names_its_output_format_as_the_simulator_reads_it(code_gen_type: str) -> None:
+    assert output_format([{"role": "system", "content": system_prompt(code_gen_type)}]) == code_gen_type
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -604,7 +611,7 @@ async def test_embedded_server_leaves_signal_handlers_alone() -> None:
 
 def test_standalone_module_prints_its_base_url_and_serves() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.llm.simulator", "--port", "0", "--pace-ms", "1"],
+        [sys.executable, "-m", "app.simulator", "--port", "0", "--pace-ms", "1"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -25,8 +25,8 @@ import pytest
 from app.builder import BUILD_DIR_PREFIX, run_build
 from app.control.cancel import StopGate
 from app.control.events import BuildEvent
-from app.llm.simulator import SCENARIOS, Params, Turn
 from app.settings import BuildSettings, Settings
+from app.simulator import SCENARIOS, Params, Turn
 from tests.process_kit import (
     assert_all_dead,
     is_alive,

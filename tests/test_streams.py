@@ -382,8 +382,7 @@ def test_a_quiet_stream_ends_with_the_rows_event_only_when_nothing_more_can_come
     from datetime import timedelta
 
     from app.api.sse import REPUBLISH_GRACE_S, _nothing_more_will_come
-    from app.store.models import Run as RunRow
-    from app.store.models import utcnow
+    from app.store.models import RunRow, utcnow
 
     def row(**fields: Any) -> RunRow:
         return RunRow(id="r", status="interrupted", last_seq=40, error_code=None, ended_at=utcnow(), **fields)

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.agent.loop import History, ToolLoop, initial_messages, run_tool_loop, stream_step
-from app.agent.prompts import TEMPLATE_MARKER
 from app.builder import BuildFailed, BuildResult, discard_build, publish_build, run_build
 from app.checkpoints import CheckpointError, Checkpoints
 from app.codegen.fences import FILE_FOR_LANG, BlockClosed, BlockOpened, FenceParser, files_from_blocks
@@ -33,7 +32,8 @@ from app.control.cancel import to_thread_to_the_end
 from app.control.events import CodeBlock, TemplateChosen
 from app.control.outcomes import Completion, Published, RunFailed
 from app.control.run import Run
-from app.llm.client import LLMClient
+from app.llm.prompt_format import TEMPLATE_MARKER
+from app.llm.stream import ChatStream
 from app.presets import Catalog, Preset, PresetError, copy_preset, match_prompt
 from app.settings import BuildSettings
 from app.workspace import fs
@@ -46,7 +46,7 @@ MAX_CONTEXT_FILE_CHARS = 100_000
 
 @dataclass(frozen=True, slots=True)
 class CodegenDeps:
-    llm: LLMClient
+    llm: ChatStream
     load_history: Callable[[str], Awaitable[History]]
     max_steps: int
     presets: Catalog

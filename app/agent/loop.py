@@ -16,9 +16,10 @@ from typing import Any
 from app.agent.prompts import system_prompt
 from app.agent.steps import PendingToolCall, StepOutput, ToolCall
 from app.control.events import ToolCallFinished, ToolCallStarted
-from app.control.run import Run, ToolCallRecord
+from app.control.run import Run
+from app.control.stats import ToolCallRecord
 from app.llm.chunks import ToolCallDelta
-from app.llm.client import LLMClient
+from app.llm.stream import ChatStream
 from app.tools import TOOL_SPECS, execute_tool
 
 # (role, content) of completed turns, oldest first; role is "user" or "ai".
@@ -27,7 +28,7 @@ History = Sequence[tuple[str, str]]
 
 @dataclass(frozen=True, slots=True)
 class ToolLoop:
-    llm: LLMClient
+    llm: ChatStream
     max_steps: int
     # Fault injection (RUNFORGE_TOOL_DELAY_MS): every tool call takes at least this long.
     tool_delay_s: float = 0.0
@@ -57,7 +58,7 @@ def initial_messages(code_gen_type: str, history: History, message: str) -> list
 
 async def stream_step(
     run: Run,
-    llm: LLMClient,
+    llm: ChatStream,
     messages: list[dict[str, Any]],
     tools: Sequence[dict[str, Any]] = (),
     on_text: Callable[[str], None] | None = None,

@@ -1,12 +1,13 @@
-"""Prompts live as files next to this module, one per generation type, not as literals in code."""
+"""Prompts live as files next to this module, one per generation type, not as literals in code.
+
+Each file's first line is app/llm/prompt_format.py's OUTPUT_FORMAT_LINE and the type: the
+simulator reads it back to answer as the prompt asks.
+"""
 
 from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-
-# Starts the block that carries a preset's instruction in a run's prompt (the simulator keys on it).
-TEMPLATE_MARKER = "[Runforge template:"
 
 PROMPT_FILES = {"html": "html.md", "multi_file": "multi_file.md", "vue_project": "vue_project.md"}
 

@@ -80,10 +80,8 @@ async def _receive(services: Services, scope: Scope, receive: Receive) -> tuple[
 
 
 async def _authenticate(services: Services, scope: Scope) -> User:
-    authorization = _header(scope, b"authorization") or ""
-    scheme, _, value = authorization.partition(" ")
-    # The API key, as OpenAI clients send it; else the sign-in cookie (browser apps).
-    token = value.strip() if scheme.lower() == "bearer" and value.strip() else bearer_token(Request(scope))
+    # The API key, as OpenAI clients send it (a bearer token); else the sign-in cookie (browser apps).
+    token = bearer_token(Request(scope))
     if token is None:
         raise Unauthorized("send your Runforge token as the API key: 'Authorization: Bearer <token>'")
     user = await services.user_for_token(token)

@@ -12,19 +12,17 @@ from starlette.responses import Response as PlainResponse
 from app.api.deps import CurrentUser, ServicesDep
 from app.api.openapi import APP_ERRORS, RUN_ID, SSE, RunIdPath, error_responses, optional_string, response
 from app.api.sse import (
-    ACTIVE_STATUSES,
     event_stream,
     final_event_stream,
     parse_last_event_id,
     remote_event_stream,
 )
 from app.api.views import RunView, live_run_view, row_run_view
-from app.control.run import OnDisconnect, Run
+from app.control.run import ACTIVE_STATUSES, OnDisconnect, Run
 from app.errors import BadRequest, Conflict, NotFound
 from app.runs.access import check_run_owner
 from app.services import Services
-from app.store.models import Run as RunRow
-from app.store.models import User
+from app.store.models import RunRow, User
 
 
 def no_content() -> ASGIApp:

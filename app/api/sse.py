@@ -20,16 +20,15 @@ from starlette.types import Message, Receive, Scope, Send
 from app.clock import utcnow
 from app.control.cancel import StopMode, StopReason
 from app.control.events import SSE_SEPARATOR, pieces
-from app.control.run import OnDisconnect, Run
+from app.control.run import ACTIVE_STATUSES, OnDisconnect, Run
 from app.errors import BadRequest
 from app.http_protocol import abort_connection
 from app.services import Services
-from app.store.models import Run as RunRow
+from app.store.models import RunRow
 
 STALLED = "reader stopped reading: disconnected after the send timeout (%.0f s)"
 # After SIGTERM, streams get this long to deliver their `interrupted` event.
 SHUTDOWN_GRACE_S = 2.0
-ACTIVE_STATUSES = frozenset({"queued", "running"})
 # Failures after which no worker will publish a run's events any more.
 OWNER_GONE = frozenset({"worker_lost", "outcome_lost", "server_restart"})
 # How long after a run's end its owner may still be writing a stream Redis lost (see above).

@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 
 from app.checkpoints import Checkpoint, CheckpointDiff
+from app.control.run import ACTIVE_STATUSES
 from app.control.run import Run as LiveRun
-from app.store.models import App, ChatMessage
-from app.store.models import Run as RunRow
+from app.store.models import App, ChatMessage, RunRow
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -131,7 +131,7 @@ def row_run_view(row: RunRow) -> dict[str, Any]:
         "usage": row.usage,
         "lastSeq": row.last_seq,
         # Active on another worker (several workers): its events can be joined from here.
-        "live": row.status in ("queued", "running"),
+        "live": row.status in ACTIVE_STATUSES,
         "worker": row.owner_worker,
     }
 

@@ -34,7 +34,7 @@ from app.cluster.stops import FORBIDDEN, ForgetApp, StopBus, StopMessage, StopRe
 from app.cluster.streams import RunStreams, StreamPublisher
 from app.control.cancel import StopMode, StopReason
 from app.control.events import Failed, log_event
-from app.control.run import RUN_ID_PATTERN, Run
+from app.control.run import ACTIVE_STATUSES, RUN_ID_PATTERN, Run
 from app.errors import AppBusy, Conflict
 from app.settings import ClusterSettings
 from app.store.db import Database
@@ -220,7 +220,7 @@ class Cluster:
             async with asyncio.timeout(timeout_s):
                 while True:
                     row = await self._runs.get(run_id)
-                    if row is None or row.status not in ("queued", "running"):
+                    if row is None or row.status not in ACTIVE_STATUSES:
                         return True
                     await asyncio.sleep(ROW_POLL_S)  # a row on another worker announces nothing
         except TimeoutError:

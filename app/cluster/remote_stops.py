@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from app.cluster.stops import FORBIDDEN
 from app.control.cancel import StopMode, StopReason
-from app.control.run import CancelOutcome
+from app.control.run import ACTIVE_STATUSES, CancelOutcome
 from app.errors import Forbidden
 from app.runs.access import check_run_owner
 from app.runs.results import RemoteStop
-from app.store.repo import ACTIVE_STATUSES, Runs
+from app.store.repo import Runs
 
 if TYPE_CHECKING:
     from app.cluster.node import Cluster

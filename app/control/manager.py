@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +21,7 @@ from typing import Protocol
 
 from app.control.cancel import StopMode, StopReason
 from app.control.pending_stops import PendingStops
+from app.control.recording import OutcomeRetries, RecordAfterInsert, RetryOutcome, first_output
 from app.control.retention import RetainedRuns, RetentionLimits
 from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder, RunStatus
 from app.errors import AppBusy, AppError, Conflict, ServiceUnavailable, TooManyRequests
@@ -75,13 +75,6 @@ class RunPeers(Protocol):
         ``busy``: the active run the insert found, if that is how we know."""
 
 
-# An outcome the database refused (down, or locked past its busy timeout) is written again in
-# the background, every 0.05 s growing to every 2 s, for this long; then the next start's
-# sweep (server_restart) or the cluster's (outcome_lost) is what ends the row.
-OUTCOME_RETRY_FOR_S = 600.0
-OUTCOME_RETRY_FIRST_S = 0.05
-OUTCOME_RETRY_CAP_S = 2.0
-
 # With several workers, a start can lose the race for an app to a start on another worker
 # (the insert's check raises AppBusy): it makes room again, this many times in all.
 START_ATTEMPTS = 3
@@ -118,8 +111,8 @@ class RunManager:
         # Runs rejected because their row could not be written, until their task has ended:
         # never retained for lookups, and their id not reusable before then.
         self._rejected: dict[str, Run] = {}
-        # Outcome writes being tried again (see _RetryOutcome); not run tasks: the runs have ended.
-        self._outcome_writes: set[asyncio.Task[None]] = set()
+        # Outcome writes being tried again; not run tasks: the runs have ended.
+        self._outcome_writes = OutcomeRetries()
         self._closing = False
 
     # -- queries ---------------------------------------------------------------------------
@@ -153,7 +146,7 @@ class RunManager:
     @property
     def pending_outcome_writes(self) -> int:
         """Ended runs whose final row the database has refused so far (being retried)."""
-        return len(self._outcome_writes)
+        return self._outcome_writes.pending
 
     # -- commands --------------------------------------------------------------------------
 
@@ -256,12 +249,11 @@ class RunManager:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=1.0)
-        if self._outcome_writes:
+        if self._outcome_writes.pending:
             # The database is closed next: these rows stay active, and the next start marks them
             # failed (server_restart).
-            log.warning("%d run outcome(s) could not be recorded before shutdown", len(self._outcome_writes))
-            for task in set(self._outcome_writes):
-                task.cancel()
+            log.warning("%d run outcome(s) could not be recorded before shutdown", self._outcome_writes.pending)
+            self._outcome_writes.cancel_all()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -347,16 +339,16 @@ class RunManager:
         and the error kept on it (``run.rejection``) for its caller to answer with; nothing of
         it stays findable here.
         """
-        recorder = _RecordAfterInsert(self._store)
+        recorder = RecordAfterInsert(self._store)
         self._launch(run, job, recorder)
         insert = asyncio.create_task(self._insert_after_first_event(run, recorder), name=f"insert:{run.id}")
         self._tasks.add(insert)
         insert.add_done_callback(self._tasks.discard)
         return run
 
-    async def _insert_after_first_event(self, run: Run, recorder: _RecordAfterInsert) -> None:
+    async def _insert_after_first_event(self, run: Run, recorder: RecordAfterInsert) -> None:
         try:
-            await _first_output(run)
+            await first_output(run)
             await asyncio.sleep(0)  # the followers woken by the same event send it first
             await recorder.insert(run)
         except AppError as exc:
@@ -379,31 +371,12 @@ class RunManager:
     def _launch(self, run: Run, job: Job, recorder: RunRecorder) -> None:
         if self._closing:
             run.cancel(StopReason.SHUTDOWN)
-        task = run.start(job, _RetryOutcome(recorder, self._write_later))
+        task = run.start(job, RetryOutcome(recorder, self._outcome_writes.later))
         self.metrics.runs_started.inc(run.kind.value)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._on_done(run, t))
         if self._peers is not None:
             self._peers.launched(run)
-
-    def _write_later(self, run: Run, write: Callable[[Run], Awaitable[None]]) -> None:
-        task = asyncio.create_task(self._retry_write(run, write), name=f"record:{run.id}")
-        self._outcome_writes.add(task)
-        task.add_done_callback(self._outcome_writes.discard)
-
-    async def _retry_write(self, run: Run, write: Callable[[Run], Awaitable[None]]) -> None:
-        delay = OUTCOME_RETRY_FIRST_S
-        deadline = time.monotonic() + OUTCOME_RETRY_FOR_S
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, OUTCOME_RETRY_CAP_S)
-            try:
-                await write(run)
-            except Exception:
-                continue  # logged when it first failed; the database is still refusing
-            log.info("run outcome recorded after the database came back", extra={"run_id": run.id})
-            return
-        log.error("gave up recording the run's outcome", extra={"run_id": run.id})
 
     def _forget(self, run: Run) -> None:
         # By identity: an id can belong to another run by now (a rejected run's, reused).
@@ -438,79 +411,3 @@ class RunManager:
             metrics.tool_calls.inc("executed", amount=stats.executed)
         if stats.skipped:
             metrics.tool_calls.inc("skipped", amount=stats.skipped)
-
-
-async def _first_output(run: Run) -> None:
-    """Until the run has logged something a client receives (text, a relayed chunk, its end)."""
-    async with contextlib.aclosing(run.log.follow(after_seq=1)) as batches:
-        async for batch in batches:
-            if any(event.wire or event.relay for event in batch):
-                return
-
-
-class _RetryOutcome:
-    """A run's recorder whose refused outcome writes are tried again in the background.
-
-    The run ends when it ends (its stream said so, a new run on its app is waiting for it), so
-    it cannot wait for the database; but its row must not stay ``running`` because the database
-    was down or locked at that instant. A completion is not retried: its failure to save is the
-    run's failure (``persist_failed``), and that outcome is the one retried.
-    """
-
-    def __init__(self, recorder: RunRecorder, later: Callable[[Run, Callable[[Run], Awaitable[None]]], None]) -> None:
-        self._recorder = recorder
-        self._later = later
-
-    async def record_completed(self, run: Run) -> None:
-        await self._recorder.record_completed(run)
-
-    async def record_interrupted(self, run: Run) -> None:
-        await self._write_or_retry(run, self._recorder.record_interrupted)
-
-    async def record_failed(self, run: Run) -> None:
-        await self._write_or_retry(run, self._recorder.record_failed)
-
-    async def _write_or_retry(self, run: Run, write: Callable[[Run], Awaitable[None]]) -> None:
-        try:
-            await write(run)
-        except Exception:
-            log.exception("could not record run outcome; retrying in the background", extra={"run_id": run.id})
-            self._later(run, write)
-
-
-class _RecordAfterInsert:
-    """A run's recorder that writes its outcome only once its row exists (none if it never will)."""
-
-    def __init__(self, store: RunStore) -> None:
-        self._store = store
-        self._inserted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    async def insert(self, run: Run) -> None:
-        try:
-            await self._store.insert_run(run)
-        except BaseException:
-            self.give_up()
-            raise
-        self._inserted.set_result(True)
-
-    def give_up(self) -> None:
-        """No row will be written: outcomes are not recorded (a no-op once settled)."""
-        if not self._inserted.done():
-            self._inserted.set_result(False)
-
-    async def _row_exists(self) -> bool:
-        return await asyncio.shield(self._inserted)
-
-    async def record_completed(self, run: Run) -> None:
-        if not await self._row_exists():
-            # The caller was told the run failed to start; its turn must not look saved.
-            raise RuntimeError(f"run {run.id} has no row to record its completion in")
-        await self._store.record_completed(run)
-
-    async def record_interrupted(self, run: Run) -> None:
-        if await self._row_exists():
-            await self._store.record_interrupted(run)
-
-    async def record_failed(self, run: Run) -> None:
-        if await self._row_exists():
-            await self._store.record_failed(run)

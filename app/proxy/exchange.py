@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from app.control.run import RunStats
+from app.control.stats import RunStats
 from app.llm.chunks import Choice, Chunk, ToolCallDelta, Usage
 from app.llm.client import UpstreamError
 from app.proxy.request import ProxyRequest

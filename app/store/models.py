@@ -77,7 +77,7 @@ class ChatMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Run(Base):
+class RunRow(Base):
     __tablename__ = "runs"
     __table_args__ = (Index("ix_runs_status", "status"), Index("ix_runs_owner_worker", "owner_worker"))
 

@@ -12,16 +12,16 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.clock import utcnow
+from app.control.run import ACTIVE_STATUSES
 from app.errors import AppBusy, Conflict, NotFound, ServiceUnavailable
 from app.store.db import Database
-from app.store.models import App, ChatMessage, Run, User, Worker
+from app.store.models import App, ChatMessage, RunRow, User, Worker
 
 if TYPE_CHECKING:
     from app.control.outcomes import Published
     from app.control.run import Run as LiveRun
 
 ABANDONED_RUN_LAST_SEQ = 1_000_000_000
-ACTIVE_STATUSES = ("queued", "running")
 TOKEN_PREFIX = "rf_"
 
 # Turns of history sent to the model with a new message.
@@ -96,7 +96,7 @@ class Apps:
         """Delete the app with its history and runs; returns the ids of the runs deleted."""
         async with self._db.session() as s:
             await s.execute(delete(ChatMessage).where(ChatMessage.app_id == app_id))
-            runs = await s.execute(delete(Run).where(Run.app_id == app_id).returning(Run.id))
+            runs = await s.execute(delete(RunRow).where(RunRow.app_id == app_id).returning(RunRow.id))
             await s.execute(delete(App).where(App.id == app_id))
             return list(runs.scalars().all())
 
@@ -119,7 +119,7 @@ class Apps:
 
 
 class Runs:
-    """Run rows; implements the run manager's RunStore.
+    """Runs' rows; implements the run manager's RunStore.
 
     ``worker_id`` goes into every row this process inserts (``owner_worker``): where a stop from
     another worker is sent. ``exclusive_apps`` makes the insert itself check, under a lock every
@@ -132,11 +132,11 @@ class Runs:
         self.worker_id = worker_id
         self._exclusive_apps = exclusive_apps
 
-    async def get(self, run_id: str) -> Run | None:
+    async def get(self, run_id: str) -> RunRow | None:
         if not storable_key(run_id):
             return None
         async with self._db.read() as s:
-            return await s.get(Run, run_id)
+            return await s.get(RunRow, run_id)
 
     async def run_exists(self, run_id: str) -> bool:
         return await self.get(run_id) is not None
@@ -189,8 +189,8 @@ class Runs:
         """Record a stop for a run another worker owns. False if it was asked for already or is over."""
         async with self._db.write() as conn:
             result = await conn.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES), Run.stop_requested_at.is_(None))
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.status.in_(ACTIVE_STATUSES), RunRow.stop_requested_at.is_(None))
                 .values(stop_requested_at=utcnow(), stop_reason=reason, stop_mode=mode)
             )
         return _rowcount(result) == 1
@@ -201,9 +201,9 @@ class Runs:
         (id, status, stop_reason, stop_mode, stop requested) each: what reconciliation compares
         with the runs in memory.
         """
-        query = select(Run.id, Run.status, Run.stop_reason, Run.stop_mode, Run.stop_requested_at).where(
-            Run.owner_worker == worker_id,
-            or_(Run.status.in_(ACTIVE_STATUSES), and_(Run.status == "failed", Run.error_code == WORKER_LOST)),
+        query = select(RunRow.id, RunRow.status, RunRow.stop_reason, RunRow.stop_mode, RunRow.stop_requested_at).where(
+            RunRow.owner_worker == worker_id,
+            or_(RunRow.status.in_(ACTIVE_STATUSES), and_(RunRow.status == "failed", RunRow.error_code == WORKER_LOST)),
         )
         async with self._db.read() as s:
             rows = (await s.execute(query)).all()
@@ -215,10 +215,10 @@ class Runs:
             return []
         async with self._db.write() as conn:
             result = await conn.execute(
-                update(Run)
-                .where(Run.id.in_(run_ids), Run.status.in_(ACTIVE_STATUSES))
+                update(RunRow)
+                .where(RunRow.id.in_(run_ids), RunRow.status.in_(ACTIVE_STATUSES))
                 .values(_abandoned_values(code, message))
-                .returning(Run.id)
+                .returning(RunRow.id)
             )
             return [row.id for row in result]
 
@@ -255,8 +255,8 @@ class Runs:
         """
         async with self._db.session() as s:
             result = await s.execute(
-                update(Run)
-                .where(Run.status.in_(ACTIVE_STATUSES))
+                update(RunRow)
+                .where(RunRow.status.in_(ACTIVE_STATUSES))
                 .values(_abandoned_values("server_restart", "the server stopped while the run was active"))
             )
             return int(getattr(result, "rowcount", 0) or 0)
@@ -319,10 +319,10 @@ class Workers:
         owner = Worker.__table__.alias("owner")
         late = owner.c.heartbeat_at < self._db.clock() - timeout_s
         query = (
-            select(Run.id)
-            .select_from(Run.__table__.outerjoin(owner, owner.c.id == Run.owner_worker))
+            select(RunRow.id)
+            .select_from(RunRow.__table__.outerjoin(owner, owner.c.id == RunRow.owner_worker))
             .where(
-                Run.status.in_(ACTIVE_STATUSES),
+                RunRow.status.in_(ACTIVE_STATUSES),
                 or_(owner.c.id.is_(None), owner.c.stopped_at.is_not(None), late),
             )
         )
@@ -356,15 +356,15 @@ _OUTCOME_FIELDS = (
 )
 # Only an active row: one that another worker declared lost keeps the outcome it was given.
 _RECORD_OUTCOME = (
-    update(Run)
-    .where(Run.id == bindparam("run_id"), Run.status.in_(ACTIVE_STATUSES))
+    update(RunRow)
+    .where(RunRow.id == bindparam("run_id"), RunRow.status.in_(ACTIVE_STATUSES))
     .values({name: bindparam(f"new_{name}") for name in _OUTCOME_FIELDS})
 )
-_INSERT_RUN = insert(Run)
+_INSERT_RUN = insert(RunRow)
 _INSERT_MESSAGES = insert(ChatMessage)
 _ACTIVE_RUN_OF_APP = (
-    select(Run.id, Run.owner_worker, Run.stop_requested_at)
-    .where(Run.app_id == bindparam("app_id"), Run.status.in_(ACTIVE_STATUSES))
+    select(RunRow.id, RunRow.owner_worker, RunRow.stop_requested_at)
+    .where(RunRow.app_id == bindparam("app_id"), RunRow.status.in_(ACTIVE_STATUSES))
     .limit(1)
 )
 # A transaction-scoped PostgreSQL advisory lock keyed by the app id's hash.

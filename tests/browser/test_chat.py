@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from app.llm.simulator import SCENARIOS, Params, Turn
+from app.simulator import SCENARIOS, Params, Turn
 from tests.support import HANG_TIMEOUT_S, ServerThread, wait_for_status
 
 with contextlib.suppress(ImportError):  # without playwright, the `browser` fixture skips (or fails) with the reason
