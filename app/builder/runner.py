@@ -38,17 +38,6 @@ from app.sandbox import Confinement, Jail, SandboxLimits, SandboxUnavailable, sa
 from app.sandbox.quota import remove_added, tree_paths, watch_growth
 from app.settings import BuildSettings
 
-__all__ = [
-    "BUILD_DIR_PREFIX",
-    "INSTALL_STAMP",
-    "BuildFailed",
-    "BuildFailureCode",
-    "BuildResult",
-    "discard_build",
-    "publish_build",
-    "run_build",
-]
-
 BuildFailureCode = Literal[
     "install_failed", "build_failed", "build_timeout", "build_limit", "npm_missing", "sandbox_unavailable"
 ]
