@@ -6,7 +6,7 @@ Why it is shaped this way:
   scripts (``--ignore-scripts``, and only registry packages: app/builder/dependencies.py), the build,
   which runs the scripts and config the model wrote, without network.
 * vite writes into a fresh temp dir inside the workspace, never into the live ``dist/``: the preview
-  keeps serving the previous complete build until :func:`publish_build` swaps the new one in. A
+  keeps serving the previous complete build until :func:`app.builder.publish.publish_build` swaps the new one in. A
   build ended by a limit, a timeout or a stop leaves the workspace as the last complete build left it.
 * ``npm install`` is slow, so it runs only when package.json or package-lock.json changed since
   the last successful install (a hash stamp inside ``node_modules``).
@@ -31,6 +31,7 @@ from typing import Literal
 
 from app.builder.dependencies import DEFAULT_REGISTRY, DependencyRefused, check_install_inputs
 from app.builder.output import BuildOutput, Emit
+from app.builder.publish import BUILD_DIR_PREFIX, remove_path
 from app.control.cancel import StopGate, to_thread_to_the_end
 from app.control.events import BuildEvent
 from app.processes import run_in_group, to_the_end
@@ -42,7 +43,6 @@ BuildFailureCode = Literal[
     "install_failed", "build_failed", "build_timeout", "build_limit", "npm_missing", "sandbox_unavailable"
 ]
 
-BUILD_DIR_PREFIX = ".runforge-build-"  # temp out dirs, and the old dist while a publish swaps it out
 INSTALL_STAMP = ".runforge-install.sha256"  # inside node_modules: it goes when node_modules goes
 _DEPENDENCY_FILES = ("package.json", "package-lock.json")
 _MIB = 1024 * 1024
@@ -110,32 +110,6 @@ async def run_build(workspace: Path, settings: BuildSettings, emit: Emit, gate: 
     installed = await _install(workspace, settings, emit, gate)
     out_dir = await _build(workspace, settings, emit, gate)
     return BuildResult(out_dir, installed, None)
-
-
-def publish_build(workspace: Path, out_dir: Path) -> None:
-    """Swap ``out_dir`` in as ``workspace/dist`` (blocking: run it in a thread).
-
-    A rename cannot replace a non-empty directory, so the old dist is renamed away first and
-    deleted only once the new build has its name: ``dist/`` is the previous or the new complete
-    build, never a mix (between the two renames it is absent for a moment).
-    """
-    dist = workspace / "dist"
-    old = workspace / f"{BUILD_DIR_PREFIX}replaced-{secrets.token_hex(8)}"
-    had_dist = _rename_if_present(dist, old)
-    try:
-        out_dir.rename(dist)
-    except OSError:
-        if had_dist:
-            old.rename(dist)  # keep serving the previous build
-        raise
-    if had_dist:
-        _remove_path(old)
-
-
-def discard_build(workspace: Path) -> None:
-    """Remove temp build dirs a stopped or crashed run left behind (blocking: run it in a thread)."""
-    for path in workspace.glob(f"{BUILD_DIR_PREFIX}*"):
-        _remove_path(path)
 
 
 # -- deciding what to do -----------------------------------------------------------------
@@ -257,7 +231,7 @@ async def _build(workspace: Path, settings: BuildSettings, emit: Emit, gate: Sto
         await _check_site(out_dir, outcome, emit)
     except BaseException:
         # Failed, timed out or stopped: a half-made site must not outlive the run.
-        await to_thread_to_the_end(_remove_path, out_dir)
+        await to_thread_to_the_end(remove_path, out_dir)
         raise
     emit(BuildEvent("build", "finished", exit_code=0, seconds=outcome.seconds))
     return out_dir
@@ -381,25 +355,6 @@ _LIMIT_VALUES: dict[str, Callable[[SandboxLimits], str]] = {
     "file_size": lambda limits: f" ({limits.file_bytes // _MIB} MiB per file)",
     "write_bytes": lambda limits: f" ({limits.write_bytes // _MIB} MiB written)",
 }
-
-
-# -- files -------------------------------------------------------------------------------
-
-
-def _rename_if_present(source: Path, target: Path) -> bool:
-    try:
-        source.rename(target)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _remove_path(path: Path) -> None:
-    """Best effort: what is left is removed by the next :func:`discard_build`."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _step_env(*, network: bool) -> dict[str, str]:

@@ -33,14 +33,15 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from app.checkpoints.diff import CheckpointDiff, changed_file_count, diff_checkpoint
+from app.checkpoints.git_process import CheckpointError, Git, clear_stale_locks
+from app.checkpoints.workspace_walk import EXCLUDE, nul_joined, workspace_files
 
 __all__ = ["Checkpoint", "CheckpointError", "Checkpoints"]
 
@@ -61,48 +62,11 @@ _LOG_FORMAT = (
     f"%x1f%(trailers:key={_RUN_ID_TRAILER},valueonly)%x1f%(trailers:key={_KIND_TRAILER},valueonly)%x1e"
 )
 
-# Never committed, never removed by a restore. The walk below and info/exclude (read by
-# ``git clean``) must agree, so both come from these names.
-_IGNORED_DIRS = frozenset({b"node_modules", b"dist"})
-_BUILD_DIR_PREFIX = b".runforge-build-"
-_EXCLUDE = "node_modules/\ndist/\n.runforge-build-*/\n.[Gg][Ii][Tt]\n"
 # Outranks the workspace's .gitattributes: no eol conversion, no filter drivers, no $Id$ expansion,
 # no re-encoding. Filter drivers could not run anyway (their commands live in config we never
 # read), but conversions alone would make a checkpoint differ from the bytes on disk.
 _ATTRIBUTES = "* -text -crlf -eol -filter -ident -working-tree-encoding\n"
 
-_GIT_CONFIG = (
-    "core.hooksPath=/dev/null",
-    "commit.gpgsign=false",
-    "core.autocrlf=false",
-    "core.fsmonitor=false",
-    "user.name=Runforge",
-    "user.email=runforge@localhost",
-    "safe.directory=*",
-    # The default user-level files (~/.config/git/ignore, .../attributes) are read even when
-    # GIT_CONFIG_GLOBAL hides the global config.
-    "core.excludesFile=/dev/null",
-    "core.attributesFile=/dev/null",
-    # These protect checkouts onto NTFS/HFS+. Nothing is ever checked out into a repository here,
-    # and left on they make git refuse names like "git~1/x" that the file tools allow, which would
-    # fail every later checkpoint of the app. ".git" itself (any case) is still refused.
-    "core.protectNTFS=false",
-    "core.protectHFS=false",
-    # A triggered `gc --auto` must finish inside our call, not linger as a detached process.
-    "gc.autoDetach=false",
-)
-_CONFIG_ARGS = tuple(arg for item in _GIT_CONFIG for arg in ("-c", item))
-_GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_ATTR_NOSYSTEM": "1",
-    "GIT_TERMINAL_PROMPT": "0",
-    "LC_ALL": "C",
-}
-_GIT_TIMEOUT_S = 120.0
-_STDERR_CHARS = 500
-# Lock files a killed git (crash, timeout) can leave behind; they would block every later call.
-_STALE_LOCKS = ("index.lock", "HEAD.lock", "refs/heads/*.lock")
 _TREE_CACHE_MAX = 10_000
 
 
@@ -117,110 +81,9 @@ class Checkpoint:
     files_changed: int  # files added, modified or deleted against the checkpoint before it
 
 
-class CheckpointError(Exception):
-    """A checkpoint could not be taken, read or restored, or an argument was invalid."""
-
-
 def _check(pattern: re.Pattern[str], value: str, what: str) -> None:
     if not isinstance(value, str) or pattern.fullmatch(value) is None:
         raise CheckpointError(f"invalid {what}: {value!r}"[:200])
-
-
-@dataclass(frozen=True, slots=True)
-class _Git:
-    """One repository (and optionally its work tree), run without a shell and without any config
-    or hook the workspace could influence."""
-
-    executable: str
-    git_dir: Path
-    work_tree: Path | None = None
-
-    def run(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        command = [self.executable, *_CONFIG_ARGS, f"--git-dir={self.git_dir}"]
-        if self.work_tree is not None:
-            command.append(f"--work-tree={self.work_tree}")
-        try:
-            return subprocess.run(
-                [*command, *args],
-                input=stdin,  # always a pipe: git never reads our stdin
-                capture_output=True,
-                cwd=self.work_tree or self.git_dir.parent,
-                env=_git_env(),
-                timeout=_GIT_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            _clear_stale_locks(self.git_dir)  # the killed git was ours: its locks are stale
-            raise CheckpointError(f"git {args[0]} timed out after {_GIT_TIMEOUT_S:g}s") from exc
-        except OSError as exc:
-            raise CheckpointError(f"cannot run git: {exc}") from exc
-
-    def out(self, *args: str, stdin: bytes = b"") -> bytes:
-        """Run and return stdout; any non-zero exit is a :class:`CheckpointError`."""
-        proc = self.run(*args, stdin=stdin)
-        if proc.returncode != 0:
-            detail = proc.stderr.decode("utf-8", "replace").strip()[-_STDERR_CHARS:]
-            raise CheckpointError(f"git {args[0]} failed ({proc.returncode}): {detail}")
-        return proc.stdout
-
-    def text(self, *args: str) -> str:
-        return self.out(*args).decode("utf-8", "replace").strip()
-
-
-def _git_env() -> dict[str, str]:
-    # Inherited GIT_* variables (GIT_DIR, GIT_INDEX_FILE, GIT_EXEC_PATH...) would redirect git.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
-    env.update(_GIT_ENV)
-    return env
-
-
-def _clear_stale_locks(git_dir: Path) -> None:
-    for pattern in _STALE_LOCKS:
-        for lock in git_dir.glob(pattern):
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-
-
-# --- the workspace walk ----------------------------------------------------------------------
-
-
-def _skipped_dir(name: bytes) -> bool:
-    return name in _IGNORED_DIRS or name.startswith(_BUILD_DIR_PREFIX) or name.lower() == b".git"
-
-
-def _skipped_file(name: bytes, is_symlink: bool) -> bool:
-    # Git refuses these in an index (bytes.lower() is ASCII-only, like git's own check).
-    lowered = name.lower()
-    return lowered == b".git" or (is_symlink and lowered == b".gitmodules")
-
-
-def _workspace_files(workspace: Path) -> set[bytes]:
-    """Every path a checkpoint holds, relative and "/"-separated (bytes: names need not be UTF-8)."""
-    root = os.fsencode(workspace)
-    found: set[bytes] = set()
-    pending = [b""]
-    while pending:
-        rel = pending.pop()
-        with os.scandir(os.path.join(root, rel) if rel else root) as entries:
-            for entry in entries:
-                _visit(entry, rel + b"/" + entry.name if rel else entry.name, found, pending)
-    return found
-
-
-def _visit(entry: os.DirEntry[bytes], path: bytes, found: set[bytes], pending: builtins.list[bytes]) -> None:
-    if entry.is_symlink():  # recorded as a link, never followed
-        if not _skipped_file(entry.name, is_symlink=True):
-            found.add(path)
-    elif entry.is_dir():
-        if not _skipped_dir(entry.name):
-            pending.append(path)
-    elif entry.is_file() and not _skipped_file(entry.name, is_symlink=False):
-        found.add(path)
-    # Sockets, FIFOs and devices cannot be stored in git: skipped.
-
-
-def _nul_joined(paths: Iterable[bytes]) -> bytes:
-    return b"".join(path + b"\0" for path in paths)
 
 
 # --- log parsing -----------------------------------------------------------------------------
@@ -375,18 +238,18 @@ class Checkpoints:
         with lock:
             git_dir = self._root / f"{app_id}.git"
             try:
-                _clear_stale_locks(git_dir)  # no git of ours runs on it while we hold the lock
+                clear_stale_locks(git_dir)  # no git of ours runs on it while we hold the lock
                 yield git_dir
             except OSError as exc:  # an unreadable workspace, a full disk...: one error type for callers
                 raise CheckpointError(f"checkpoint storage failed: {exc}") from exc
 
-    def _open(self, git_dir: Path, workspace: Path | None, *, create: bool) -> _Git:
+    def _open(self, git_dir: Path, workspace: Path | None, *, create: bool) -> Git:
         """The app's repository (created if ``create``), with the workspace as work tree; a missing
         workspace directory is created, once the repository is known to exist."""
         if self._git_executable is None:
             raise CheckpointError("git is not installed")
         work_tree = None if workspace is None else _work_tree(Path(workspace), git_dir)
-        git = _Git(self._git_executable, git_dir, work_tree)
+        git = Git(self._git_executable, git_dir, work_tree)
         if not _exists(git_dir):
             if not create:
                 raise CheckpointError(f"app {git_dir.stem} has no checkpoints")
@@ -404,7 +267,7 @@ class Checkpoints:
         _refuse_foreign(git_dir)
         return not _has_files(workspace)
 
-    def _init(self, git: _Git) -> None:
+    def _init(self, git: Git) -> None:
         """Create the bare repository next to its final name, then rename: a crash never leaves a
         half-made repository under the real name."""
         _refuse_foreign(git.git_dir)
@@ -412,9 +275,9 @@ class Checkpoints:
         staging = self._root / f".{git.git_dir.name}.{secrets.token_hex(8)}.tmp"
         try:
             # --template= : no sample hooks, no description; info/ is written below.
-            _Git(git.executable, staging).out("init", "--quiet", "--bare", "--template=", "--initial-branch=main")
+            Git(git.executable, staging).out("init", "--quiet", "--bare", "--template=", "--initial-branch=main")
             (staging / "info").mkdir()
-            (staging / "info" / "exclude").write_text(_EXCLUDE)
+            (staging / "info" / "exclude").write_text(EXCLUDE)
             (staging / "info" / "attributes").write_text(_ATTRIBUTES)
             staging.rename(git.git_dir)
         finally:
@@ -422,22 +285,22 @@ class Checkpoints:
 
     # --- building blocks (the app's lock is held) -----------------------------------------------
 
-    def _stage(self, git: _Git) -> str:
+    def _stage(self, git: Git) -> str:
         """Make the index equal to the workspace and return its tree sha."""
         assert git.work_tree is not None
-        files = _workspace_files(git.work_tree)
+        files = workspace_files(git.work_tree)
         indexed = {path for path in git.out("ls-files", "-z").split(b"\0") if path}
         gone = indexed - files
         if gone:
-            git.out("update-index", "--force-remove", "-z", "--stdin", stdin=_nul_joined(gone))
+            git.out("update-index", "--force-remove", "-z", "--stdin", stdin=nul_joined(gone))
         if files:
             # --remove: a file deleted since the walk drops out; --replace: a file that became a
             # directory (or the reverse) replaces the old entry.
             update = ("update-index", "--add", "--remove", "--replace", "-z", "--stdin")
-            git.out(*update, stdin=_nul_joined(files))
+            git.out(*update, stdin=nul_joined(files))
         return git.text("write-tree")
 
-    def _commit(self, git: _Git, tree: str, parent: str | None, kind: str, run_id: str) -> str:
+    def _commit(self, git: Git, tree: str, parent: str | None, kind: str, run_id: str) -> str:
         # Plumbing, not `git commit`: no hooks, no editor, and update-ref checks the old HEAD.
         parents = ("-p", parent) if parent is not None else ()
         sha = git.out("commit-tree", tree, *parents, "-F", "-", stdin=_message(kind, run_id)).decode().strip()
@@ -445,37 +308,37 @@ class Checkpoints:
         git.out("gc", "--auto", "--quiet")  # keeps loose objects bounded; usually a no-op
         return sha
 
-    def _restore(self, git: _Git, sha: str) -> None:
+    def _restore(self, git: Git, sha: str) -> None:
         if git.run("rev-parse", "--verify", "--quiet", f"{sha}^{{tree}}").returncode != 0:
             raise CheckpointError(f"unknown checkpoint {sha}")
         self._stage(git)  # files created since the checkpoint are now in the index...
         git.out("read-tree", "-u", "--reset", sha)  # ...so this removes them, and restores the rest
         git.out("clean", "-fdq")  # left-overs (empty directories); never -x: ignored paths stay
 
-    def _log(self, git: _Git) -> builtins.list[_Entry]:
+    def _log(self, git: Git) -> builtins.list[_Entry]:
         if _head(git) is None:
             return []
         return _parse_log(git.out("log", f"--format={_LOG_FORMAT}", "HEAD", "--"))
 
-    def _find_run(self, git: _Git, run_id: str) -> Checkpoint | None:
+    def _find_run(self, git: Git, run_id: str) -> Checkpoint | None:
         for entry in self._log(git):
             if entry.kind == "run" and entry.run_id == run_id:
                 return self._checkpoint(git, entry)
         return None
 
-    def _read_one(self, git: _Git, sha: str) -> Checkpoint:
+    def _read_one(self, git: Git, sha: str) -> Checkpoint:
         entries = _parse_log(git.out("log", "-1", f"--format={_LOG_FORMAT}", sha, "--"))
         if not entries:
             raise CheckpointError(f"commit {sha} is not a checkpoint")
         return self._checkpoint(git, entries[0])
 
-    def _checkpoint(self, git: _Git, entry: _Entry) -> Checkpoint:
+    def _checkpoint(self, git: Git, entry: _Entry) -> Checkpoint:
         files = _cached(self._tree_files, entry.tree, lambda: _count_files(git, entry.tree))
         changed = _cached(self._changes, entry.sha, lambda: changed_file_count(git.out, entry.sha))
         return Checkpoint(entry.sha, entry.run_id, entry.kind, entry.created_at, entry.summary, files, changed)
 
 
-def _count_files(git: _Git, tree: str) -> int:
+def _count_files(git: Git, tree: str) -> int:
     return git.out("ls-tree", "-r", "-z", "--name-only", tree).count(b"\0")
 
 
@@ -505,16 +368,16 @@ def _refuse_foreign(git_dir: Path) -> None:
 def _has_files(workspace: Path) -> bool:
     """Whether the workspace holds anything a checkpoint would (a missing one holds nothing)."""
     try:
-        return bool(_workspace_files(workspace))
+        return bool(workspace_files(workspace))
     except FileNotFoundError:
         return False
 
 
-def _empty_tree(git: _Git) -> str:
+def _empty_tree(git: Git) -> str:
     return git.out("mktree").decode().strip()
 
 
-def _head(git: _Git) -> str | None:
+def _head(git: Git) -> str | None:
     proc = git.run("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
     return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
