@@ -71,6 +71,13 @@ class Agent:
         await self.until(lambda seen: any(m["type"] == kind for m in seen[start:]))
         return next(m for m in self.seen[start:] if m["type"] == kind)
 
+    async def next_not_of(self, request_id: str) -> Message:
+        """The first message received from now on that is not about ``request_id`` (a run
+        streaming meanwhile interleaves its events with the answers to other messages)."""
+        start = len(self.seen)
+        await self.until(lambda seen: any(m.get("requestId") != request_id for m in seen[start:]))
+        return next(m for m in self.seen[start:] if m.get("requestId") != request_id)
+
     async def probe(self, html_app: str, request_id: str) -> list[Message]:
         """A quick request run to its end: afterwards, anything still in flight would have arrived."""
         start = len(self.seen)
@@ -319,7 +326,7 @@ async def test_malformed_messages_get_an_error_and_the_socket_stays_open(
         await ws.until_texts("r-live", 1)
         for frame, code, echo in cases:
             await ws.socket.send(frame)
-            error = await ws.recv()
+            error = await ws.next_not_of("r-live")
             assert error["type"] == "ERROR", (frame, error)
             assert error["code"] == code, (frame, error)
             assert error["message"]
