@@ -31,6 +31,7 @@ from app.store.db import Database
 from app.store.models import User
 from app.store.private import make_private_dir
 from app.store.repo import Apps, Runs, Users, Workers, hash_token
+from app.wire.sse import encode_event
 from app.workspace.preview_links import PreviewLinks
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Services:
                 settings.max_retained_bytes,
                 settings.max_live_run_bytes,
             ),
+            encode=encode_event,
             peers=cluster,
             metrics=Metrics(),
             max_active_per_user=settings.limits.max_active_runs_per_user,

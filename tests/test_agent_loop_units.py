@@ -14,8 +14,10 @@ from typing import Any
 from app.agent.loop import ToolLoop, initial_messages, run_tool_loop
 from app.control.cancel import StopReason
 from app.control.outcomes import Completion
+from app.control.request import RunRequest
 from app.control.run import Run, RunStatus
 from app.simulator.in_process import FunctionModel, scenario_model
+from app.wire.sse import encode_event
 
 TEXT_CHUNKS = 50
 
@@ -41,7 +43,7 @@ def names(directory: Path) -> list[str]:
 
 
 def new_run(workspace: Path, run_id: str = "unit-1") -> Run:
-    return Run(run_id=run_id, app_id="app-1", user_id="u1", message="m", workspace=workspace)
+    return Run(RunRequest(run_id, "app-1", "u1", "m", workspace), encode=encode_event)
 
 
 def start(run: Run, model: FunctionModel, prompt: str, finish: list[str]) -> Recorded:

@@ -7,6 +7,7 @@ import contextlib
 
 from app.control.event_log import EventLog
 from app.control.events import Done, LoggedEvent, TextDelta
+from app.wire.sse import encode_event
 
 CAP = 10_000
 
@@ -24,7 +25,7 @@ async def read_all(log: EventLog, after_seq: int = 0) -> list[LoggedEvent]:
 
 
 async def test_a_log_past_its_cap_lets_go_of_the_oldest_events_and_stays_bounded() -> None:
-    log = EventLog("r1", max_bytes=CAP)
+    log = EventLog("r1", encode_event, max_bytes=CAP)
     for event in frames(2000):
         log.append(event)
     assert log.size_bytes <= CAP
@@ -36,7 +37,7 @@ async def test_a_log_past_its_cap_lets_go_of_the_oldest_events_and_stays_bounded
 
 
 async def test_a_follower_that_keeps_up_sees_every_event() -> None:
-    log = EventLog("r1", max_bytes=CAP)
+    log = EventLog("r1", encode_event, max_bytes=CAP)
     seen: list[LoggedEvent] = []
     follower = log.follow()
     for event in frames(2000):
@@ -48,7 +49,7 @@ async def test_a_follower_that_keeps_up_sees_every_event() -> None:
 
 
 async def test_a_lagging_follower_holds_its_events_up_to_twice_the_cap_then_jumps() -> None:
-    log = EventLog("r1", max_bytes=CAP)
+    log = EventLog("r1", encode_event, max_bytes=CAP)
     follower = log.follow()
     log.append(TextDelta("first "))
     assert [e.seq for e in await anext(follower)] == [1]  # then it stops reading

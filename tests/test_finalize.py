@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from app.checkpoints import Checkpoints
-from app.control.manager import RunManager, RunRequest
+from app.control.manager import RunManager
 from app.control.outcomes import Completion, Published
+from app.control.request import RunRequest
 from app.control.run import Run, RunStatus
 from app.store.db import Database
 from app.store.repo import Apps, Runs, Users
+from app.wire.sse import encode_event
 
 
 class SaveFails(Runs):
@@ -93,7 +95,8 @@ async def test_a_run_that_cannot_finish_leaves_the_workspace_as_it_found_it(
     workspace = tmp_path / "workspaces" / app_id
     workspace.mkdir(parents=True)
     (workspace / "keep.txt").write_text("before")
-    manager = RunManager(store_class(db), job_with(Checkpoints(tmp_path / "checkpoints"), finalize_body))
+    job = job_with(Checkpoints(tmp_path / "checkpoints"), finalize_body)
+    manager = RunManager(store_class(db), job, encode=encode_event)
 
     run = await manager.start(RunRequest("r-fin", app_id, user_id, "hello", workspace))
     async with asyncio.timeout(30):

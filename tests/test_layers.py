@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 APP = Path(__file__).resolve().parent.parent / "app"
-WIRE_AND_STORAGE = ("litestar", "sse_starlette", "sqlalchemy", "app.store", "app.api", "app.cluster")
+WIRE_AND_STORAGE = ("litestar", "sse_starlette", "sqlalchemy", "app.store", "app.api", "app.cluster", "app.wire")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -37,6 +37,13 @@ def test_the_run_core_knows_no_http_and_no_storage(path: Path) -> None:
 def test_domain_errors_carry_no_http() -> None:
     assert breaking(APP / "errors.py", ("litestar", "starlette", "app.api")) == []
     assert "status" not in (APP / "errors.py").read_text().split('"""', 2)[2]
+
+
+@pytest.mark.parametrize("path", sorted((APP / "wire").glob("*.py")), ids=lambda p: p.name)
+def test_the_wire_encoding_knows_the_events_and_nothing_above_them(path: Path) -> None:
+    above = ("litestar", "sse_starlette", "sqlalchemy", "app.store", "app.api", "app.cluster", "app.runs", "app.services")
+    assert breaking(path, above) == []
+    assert {m for m in imported_modules(path) if m.startswith("app.")} <= {"app.control.events", "app.wire"}
 
 
 @pytest.mark.parametrize("path", sorted((APP / "runs").glob("*.py")), ids=lambda p: p.name)

@@ -11,10 +11,12 @@ import asyncio
 import pytest
 
 from app.control.cancel import StopReason
-from app.control.manager import RunManager, RunRequest
+from app.control.manager import RunManager
 from app.control.outcomes import Completion
-from app.control.run import Run, RunKind
+from app.control.request import RunKind, RunRequest
+from app.control.run import Run
 from app.errors import Conflict
+from app.wire.sse import encode_event
 
 HANG_TIMEOUT_S = 10.0
 
@@ -66,7 +68,7 @@ async def test_a_rejected_run_keeps_its_id_until_its_task_ends_and_never_shadows
             await release.wait()  # like a tool thread awaited to its end
         return Completion("stop")
 
-    manager = RunManager(store, slow_to_unwind)
+    manager = RunManager(store, slow_to_unwind, encode=encode_event)
     first = await manager.start(chat("x", slow_to_unwind))
     task = next(t for t in asyncio.all_tasks() if t.get_name() == "run:x")
     async with asyncio.timeout(HANG_TIMEOUT_S):

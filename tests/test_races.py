@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from app.control.cancel import StopMode, StopReason
-from app.control.manager import Multitask, RunManager, RunRequest
+from app.control.manager import RunManager
 from app.control.outcomes import Completion, RunFailed
+from app.control.request import Multitask, RunRequest
 from app.control.run import CancelOutcome, Run, RunStatus
 from app.errors import Conflict
 from app.store.db import Database
 from app.store.repo import Apps, Runs, Users
+from app.wire.sse import encode_event
 
 
 class HeldInsert(Runs):
@@ -67,7 +69,7 @@ def store(db: Database) -> HeldInsert:
 @pytest.fixture
 def manager(store: HeldInsert) -> RunManager:
     """A manager whose runs work until stopped, over the held-insert store."""
-    return RunManager(store, until_stopped)
+    return RunManager(store, until_stopped, encode=encode_event)
 
 
 def request(run_id: str, app_id: str, user_id: str, tmp_path: Path, **kw: Multitask) -> RunRequest:
@@ -103,7 +105,7 @@ async def test_a_remembered_stop_ends_its_start_before_the_job_runs(
         called.append(run.id)
         return await until_stopped(run)
 
-    manager = RunManager(store, job)
+    manager = RunManager(store, job, encode=encode_event)
     user, app, _ = owner_and_apps
     manager.remember_stop("someone else", "r-early", StopMode.IMMEDIATE)
     manager.remember_stop(user, "r-early", StopMode.ROLLBACK)
@@ -186,7 +188,7 @@ async def test_reject_does_not_refuse_a_start_right_after_a_stop(
     db: Database, owner_and_apps: tuple[str, str, str], tmp_path: Path
 ) -> None:
     user, app, _ = owner_and_apps
-    manager = RunManager(Runs(db), until_stopped)
+    manager = RunManager(Runs(db), until_stopped, encode=encode_event)
     old = await manager.start(request("a", app, user, tmp_path))
     old.cancel(StopReason.USER_STOP)  # stopping; its record may not be written yet
     new = await manager.start(request("b", app, user, tmp_path, multitask=Multitask.REJECT))
@@ -208,7 +210,7 @@ async def test_an_error_while_a_stop_unwinds_keeps_the_run_interrupted(
         raise AssertionError("unreachable")
 
     runs = Runs(db)
-    manager = RunManager(runs, fails_on_cancel)
+    manager = RunManager(runs, fails_on_cancel, encode=encode_event)
     run = await manager.start(request("r3", app, user, tmp_path))
     await asyncio.sleep(0)  # let the task start and suspend
     run.cancel(StopReason.USER_STOP)
@@ -224,7 +226,7 @@ async def test_a_run_cancelled_by_something_else_still_ends_its_stream(
 ) -> None:
     user, app, _ = owner_and_apps
     runs = Runs(db)
-    manager = RunManager(runs, until_stopped)
+    manager = RunManager(runs, until_stopped, encode=encode_event)
     run = await manager.start(request("r4", app, user, tmp_path))
     await asyncio.sleep(0)
     (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "run:r4"]

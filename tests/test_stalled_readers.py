@@ -1,6 +1,6 @@
 """A client that stops reading holds a bounded amount of the server's memory, and not for long.
 
-A stream writes in pieces of at most PIECE_BYTES (app/control/events.py), so however far behind
+A stream writes in pieces of at most PIECE_BYTES (app/wire/pieces.py), so however far behind
 the run a stalled reader is, the server holds one piece beyond the socket's buffers; once a
 write has waited for the send timeout, the connection is aborted (app/http_protocol.py) and
 that memory is freed at once (an asyncio transport's close() would keep it until the client
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.control.events import PIECE_BYTES
 from app.settings import Settings
+from app.wire.pieces import PIECE_BYTES
 from tests.support import HANG_TIMEOUT_S, ServerThread, gen_url, wait_for_status
 
 SEND_TIMEOUT_S = 1.0

@@ -227,7 +227,7 @@ async def test_stop_accepted_before_the_run_task_starts(
 ) -> None:
     """A stop that races run creation is not lost."""
     from app.control.cancel import StopReason
-    from app.control.manager import RunRequest
+    from app.control.request import RunRequest
 
     async def start_and_stop() -> tuple[str, int]:
         manager = server.services.manager

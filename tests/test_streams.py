@@ -26,10 +26,11 @@ from app.control.events import (
     RunStarted,
     TextDelta,
     UpstreamOpened,
-    log_event,
 )
+from app.control.request import RunRequest
 from app.control.run import Run
 from app.store.repo import ABANDONED_RUN_LAST_SEQ
+from app.wire.sse import encode_event
 from tests.support import HANG_TIMEOUT_S
 
 FINISHED_TTL_S = 30
@@ -58,7 +59,7 @@ async def streams(redis: Redis) -> AsyncIterator[RunStreams]:
 
 
 def logged(run_id: str, first_seq: int, *events: RunEvent) -> list[LoggedEvent]:
-    return [log_event(run_id, first_seq + i, event) for i, event in enumerate(events)]
+    return [encode_event(run_id, first_seq + i, event) for i, event in enumerate(events)]
 
 
 def texts(run_id: str, first_seq: int, count: int) -> list[LoggedEvent]:
@@ -275,7 +276,7 @@ async def test_follow_ends_with_the_rows_terminal_when_the_stream_has_none(
 
 
 def new_run(run_id: str) -> Run:
-    return Run(run_id=run_id, app_id=None, user_id="u", message="m", workspace=None)
+    return Run(RunRequest(run_id, None, "u", "m", None), encode=encode_event)
 
 
 def log_wires(run: Run) -> list[tuple[bytes, bytes]]:

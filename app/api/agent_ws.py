@@ -30,12 +30,13 @@ from litestar.exceptions import WebSocketDisconnect
 from app.api.deps import TOKEN_COOKIE, ServicesDep, bearer_token
 from app.control.cancel import StopReason, uncancel_current_task
 from app.control.events import Done, Failed, Interrupted, LoggedEvent
-from app.control.manager import Multitask
+from app.control.request import Multitask
 from app.control.run import RUN_ID_PATTERN, Run
 from app.errors import AppError, Forbidden, TooManyRequests
 from app.runs import CodeRunSpec, StopState
 from app.services import Services
 from app.store.models import User
+from app.wire.sse import data_json, sse_name
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +314,7 @@ def _event_message(event: LoggedEvent, request_id_json: bytes, message_id: str |
     """EVENT for a run event, or the terminal message; None for events sockets do not carry."""
     if not event.wire:
         return None  # a chat run's chunk without text
-    data = event.data_json()
+    data = data_json(event)
     terminal = _TERMINAL.get(event.kind)
     if terminal is not None:
         echo = _encoder.encode(message_id)
@@ -322,7 +323,7 @@ def _event_message(event: LoggedEvent, request_id_json: bytes, message_id: str |
             f'"seq":{event.seq},"data":{data.decode()}}}'
         )
     return (
-        f'{{"type":"EVENT","requestId":{request_id_json.decode()},"event":"{event.sse_name}",'
+        f'{{"type":"EVENT","requestId":{request_id_json.decode()},"event":"{sse_name(event)}",'
         f'"seq":{event.seq},"data":{data.decode()}}}'
     )
 

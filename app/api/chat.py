@@ -26,8 +26,8 @@ from app.api.openapi import (
 )
 from app.api.sse import event_stream
 from app.control.cancel import StopMode
-from app.control.manager import Multitask
-from app.control.run import RUN_ID_PATTERN, OnDisconnect
+from app.control.request import Multitask, OnDisconnect
+from app.control.run import RUN_ID_PATTERN
 from app.runs import CodeRunSpec, StopState
 from app.services import Services
 from app.store.models import User

@@ -20,11 +20,12 @@ from litestar.types import Receive, Scope, Send
 
 from app.api.errors import http_status
 from app.control.cancel import StopReason
-from app.control.events import Done, Failed, Interrupted, LoggedEvent, UpstreamOpened, pieces
+from app.control.events import Done, Failed, Interrupted, LoggedEvent, UpstreamOpened
 from app.control.run import Run
 from app.http_protocol import abort_connection
 from app.proxy.errors import openai_error, upstream_failure
 from app.proxy.exchange import DONE_FRAME, ChatExchange, error_frame
+from app.wire.pieces import pieces
 
 _STREAM_HEADERS = (
     (b"content-type", b"text/event-stream; charset=utf-8"),

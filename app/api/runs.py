@@ -18,7 +18,8 @@ from app.api.sse import (
     remote_event_stream,
 )
 from app.api.views import RunView, live_run_view, row_run_view
-from app.control.run import ACTIVE_STATUSES, OnDisconnect, Run
+from app.control.request import OnDisconnect
+from app.control.run import ACTIVE_STATUSES, Run
 from app.errors import BadRequest, Conflict, NotFound
 from app.runs.access import check_run_owner
 from app.services import Services

@@ -12,19 +12,20 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-import msgspec
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
 from app.clock import utcnow
 from app.control.cancel import StopMode, StopReason
-from app.control.events import SSE_SEPARATOR, pieces
-from app.control.run import ACTIVE_STATUSES, OnDisconnect, Run
+from app.control.request import OnDisconnect
+from app.control.run import ACTIVE_STATUSES, Run
 from app.errors import BadRequest
 from app.http_protocol import abort_connection
 from app.services import Services
 from app.store.models import RunRow
+from app.wire.pieces import pieces
+from app.wire.sse import sse_frame
 
 STALLED = "reader stopped reading: disconnected after the send timeout (%.0f s)"
 # After SIGTERM, streams get this long to deliver their `interrupted` event.
@@ -184,9 +185,7 @@ def terminal_frame(row: RunRow) -> bytes:
     else:
         name = "failed"
         body = {"error": {"code": row.error_code, "message": row.error_message}}
-    data = msgspec.json.encode({**body, "runId": row.id}).decode()
-    sep = SSE_SEPARATOR
-    return f"id: {row.id}:{row.last_seq}{sep}event: {name}{sep}data: {data}{sep}{sep}".encode()
+    return sse_frame(row.id, row.last_seq, name, body)
 
 
 def parse_last_event_id(value: str | None, run_id: str) -> int:

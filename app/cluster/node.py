@@ -33,12 +33,13 @@ from redis.exceptions import RedisError
 from app.cluster.stops import FORBIDDEN, ForgetApp, StopBus, StopMessage, StopReply
 from app.cluster.streams import RunStreams, StreamPublisher
 from app.control.cancel import StopMode, StopReason
-from app.control.events import Failed, log_event
+from app.control.events import Failed
 from app.control.run import ACTIVE_STATUSES, RUN_ID_PATTERN, Run
 from app.errors import AppBusy, Conflict
 from app.settings import ClusterSettings
 from app.store.db import Database
 from app.store.repo import ABANDONED_RUN_LAST_SEQ, WORKER_LOST, Runs, Workers
+from app.wire.sse import encode_event
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +365,7 @@ class Cluster:
 
     async def _end_streams(self, run_ids: list[str], code: str, message: str) -> None:
         for run_id in run_ids:
-            terminal = log_event(run_id, ABANDONED_RUN_LAST_SEQ, Failed(code, message))
+            terminal = encode_event(run_id, ABANDONED_RUN_LAST_SEQ, Failed(code, message))
             try:
                 await self.streams.append([(run_id, [terminal])])
             except (RedisError, OSError) as exc:

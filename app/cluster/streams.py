@@ -34,8 +34,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.cluster.backoff import Backoff
-from app.control.events import LoggedEvent, pieces
+from app.control.events import LoggedEvent
 from app.control.run import Run
+from app.wire.pieces import pieces
 
 log = logging.getLogger(__name__)
 

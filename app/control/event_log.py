@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from typing import Protocol
 
-from app.control.events import LoggedEvent, RunEvent, log_event
+from app.control.events import LoggedEvent, RunEvent
+
+
+class EventEncoder(Protocol):
+    """Encodes an event once, as it is logged, into what every follower sends (app/wire/sse.py)."""
+
+    def __call__(self, run_id: str, seq: int, event: RunEvent, /) -> LoggedEvent: ...
+
 
 # What a live run keeps of its events in memory (RetentionLimits.max_live_run_bytes sets it).
 DEFAULT_LOG_MAX_BYTES = 64 * 1024 * 1024
@@ -35,8 +43,9 @@ class EventLog:
     seq ids of its stream jump, as they do for a finished run replayed from its row.
     """
 
-    def __init__(self, run_id: str, max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
+    def __init__(self, run_id: str, encode: EventEncoder, max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
         self._run_id = run_id
+        self._encode = encode
         self._events: list[LoggedEvent] = []
         self._base = 0  # events let go from the front: the first one held has seq _base + 1
         self._bytes = 0  # what the events held cost in memory (frames and EVENT_OVERHEAD_BYTES each)
@@ -68,7 +77,7 @@ class EventLog:
         """Append an event; returns False (and drops it) once the log is closed."""
         if self._closed:
             return False
-        logged = log_event(self._run_id, self.last_seq + 1, event)
+        logged = self._encode(self._run_id, self.last_seq + 1, event)
         self._events.append(logged)
         self._bytes += _cost(logged)
         self._closed = event.terminal

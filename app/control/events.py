@@ -1,17 +1,14 @@
-"""Run events: small dataclasses whose ``kind`` becomes the SSE event name.
+"""Run events: small dataclasses tagged with a ``kind``; how they look on the wire is app/wire.
 
-Text deltas are the one unnamed event (``kind = "message"``), so browsers deliver them to
-``EventSource.onmessage`` as the seed page expects. Exactly one terminal event ends a run's
+Text deltas are ``kind = "message"`` (unnamed on SSE, so browsers deliver them to
+``EventSource.onmessage`` as the seed page expects). Exactly one terminal event ends a run's
 log; the log refuses anything after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
-
-import msgspec
 
 from app.control.cancel import StopReason
 
@@ -207,67 +204,14 @@ RunEvent = (
 class LoggedEvent(NamedTuple):
     """An event as stored in a run's log: numbered, and encoded once for every subscriber.
 
-    ``wire`` is the complete SSE frame (id, event name, data), so streams send bytes as they
-    are instead of re-encoding every event for every subscriber; it is empty for an event SSE
-    followers do not see. ``relay`` is an upstream chunk's frame for the /v1 client (chat runs).
-    A tuple of atomic values is untracked by the garbage collector, so long logs do not
-    lengthen GC pauses.
+    ``wire`` is the event as the transports send it, made by the log's encoder (an SSE frame:
+    app/wire/sse.py), so streams send bytes as they are instead of re-encoding every event for
+    every subscriber; it is empty for an event followers do not see. ``relay`` is an upstream
+    chunk's frame for the /v1 client (chat runs). A tuple of atomic values is untracked by the
+    garbage collector, so long logs do not lengthen GC pauses.
     """
 
     seq: int
     kind: str
     wire: bytes
     relay: bytes = b""
-
-    @property
-    def sse_name(self) -> str:
-        """The event's name on the SSE stream (and in WebSocket ``EVENT`` messages)."""
-        return TextDelta.kind if self.kind == UpstreamChunk.kind else self.kind
-
-    def data_json(self) -> bytes:
-        """The event's JSON data, cut from the SSE frame (it is the frame's one ``data:`` line)."""
-        start = self.wire.find(_DATA_FIELD) + len(_DATA_FIELD)
-        return self.wire[start : -2 * len(SSE_SEPARATOR)]
-
-
-_encoder = msgspec.json.Encoder()
-SSE_SEPARATOR = "\r\n"  # what sse-starlette uses for its own frames (pings)
-
-
-_DATA_FIELD = b"data: "
-
-
-def log_event(run_id: str, seq: int, event: RunEvent) -> LoggedEvent:
-    if isinstance(event, UpstreamChunk):
-        wire = _sse_frame(run_id, seq, TextDelta.kind, event) if event.text else b""
-        return LoggedEvent(seq, event.kind, wire, event.frame)
-    if isinstance(event, UpstreamOpened):
-        return LoggedEvent(seq, event.kind, b"")
-    return LoggedEvent(seq, event.kind, _sse_frame(run_id, seq, event.kind, event))
-
-
-def _sse_frame(run_id: str, seq: int, kind: str, event: RunEvent) -> bytes:
-    # Compact JSON never contains a raw newline, so the data fits one `data:` line.
-    data = _encoder.encode({**event.payload(), "runId": run_id}).decode()
-    name = "" if kind == TextDelta.kind else f"event: {kind}{SSE_SEPARATOR}"
-    return f"id: {run_id}:{seq}{SSE_SEPARATOR}{name}data: {data}{SSE_SEPARATOR}{SSE_SEPARATOR}".encode()
-
-
-# A stream writes at most this much at once (a single larger frame goes alone): a reader that
-# stops reading holds one piece beyond its socket's buffers, however far behind the run it is.
-PIECE_BYTES = 64 * 1024
-
-
-def pieces(frames: Iterable[bytes], limit: int = PIECE_BYTES) -> Iterator[bytes]:
-    """``frames`` joined into pieces of at most ``limit`` bytes, in order; empty frames dropped."""
-    piece: list[bytes] = []
-    size = 0
-    for frame in frames:
-        if size and size + len(frame) > limit:
-            yield b"".join(piece)
-            piece, size = [], 0
-        if frame:
-            piece.append(frame)
-            size += len(frame)
-    if size:
-        yield b"".join(piece)

@@ -14,44 +14,19 @@ import logging
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import Path
 from typing import Protocol
 
 from app.control.cancel import StopMode, StopReason
+from app.control.event_log import EventEncoder
 from app.control.pending_stops import PendingStops
 from app.control.recording import OutcomeRetries, RecordAfterInsert, RetryOutcome, first_output
+from app.control.request import Job, Multitask, RunRequest
 from app.control.retention import RetainedRuns, RetentionLimits
-from app.control.run import Job, OnDisconnect, Run, RunKind, RunRecorder, RunStatus
+from app.control.run import Run, RunRecorder, RunStatus
 from app.errors import AppBusy, AppError, Conflict, ServiceUnavailable, TooManyRequests
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-class Multitask(StrEnum):
-    """What to do when an app already has an active run."""
-
-    INTERRUPT = "interrupt"  # stop the old run (reason superseded), then start
-    REJECT = "reject"  # answer 409
-
-
-@dataclass(frozen=True, slots=True)
-class RunRequest:
-    run_id: str
-    app_id: str | None  # None: a chat run, which has no app (and no one-run-per-app rule)
-    user_id: str
-    message: str
-    workspace: Path | None
-    code_gen_type: str = "vue_project"
-    on_disconnect: OnDisconnect = OnDisconnect.CANCEL
-    multitask: Multitask = Multitask.INTERRUPT
-    kind: RunKind = RunKind.CODE
-    # The run's work; None means the manager's default job (code generation).
-    job: Job | None = None
-    # Launch the run first and write its row after its first event (see _launch_then_insert).
-    deferred_insert: bool = False
 
 
 class RunStore(RunRecorder, Protocol):
@@ -86,6 +61,7 @@ class RunManager:
         store: RunStore,
         job: Job,
         *,
+        encode: EventEncoder,
         retention: RetentionLimits | None = None,
         peers: RunPeers | None = None,
         metrics: Metrics | None = None,
@@ -97,6 +73,7 @@ class RunManager:
         self._max_active_per_user = max_active_per_user  # 0: no limit
         self.metrics = metrics or Metrics()
         self._job = job
+        self._encode = encode  # every run's events, encoded once as they are logged (app/wire/sse.py)
         self._peers = peers
         self._active: dict[str, Run] = {}  # run id -> run, until its task is done
         self._active_by_app: dict[str, Run] = {}
@@ -294,16 +271,7 @@ class RunManager:
         await old.wait_finished()
 
     async def _create_and_launch(self, request: RunRequest) -> Run:
-        run = Run(
-            run_id=request.run_id,
-            app_id=request.app_id,
-            user_id=request.user_id,
-            message=request.message,
-            workspace=request.workspace,
-            code_gen_type=request.code_gen_type,
-            on_disconnect=request.on_disconnect,
-            kind=request.kind,
-        )
+        run = Run(request, encode=self._encode)
         run.metrics = self.metrics
         run.log.limit_bytes(self._retention.max_live_run_bytes)
         # Findable before the first await: a stop during the insert closes the gate, and

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from app.clock import utcnow
 from app.control.cancel import RunCancelled, StopGate, StopMode, StopReason, uncancel_current_task
-from app.control.event_log import EventLog
+from app.control.event_log import EventEncoder, EventLog
 from app.control.events import (
     Done,
     Failed,
@@ -38,6 +38,7 @@ from app.control.events import (
     TextDelta,
 )
 from app.control.outcomes import Completion, Published, RunFailed
+from app.control.request import Job, RunRequest
 from app.control.stats import RunStats
 from app.errors import AppError
 from app.logs import bind
@@ -64,16 +65,6 @@ FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.INTERRUPTED, RunStatu
 ACTIVE_STATUSES = frozenset({RunStatus.QUEUED.value, RunStatus.RUNNING.value})
 
 
-class RunKind(StrEnum):
-    CODE = "code"  # an agent turn on an app: tools, build, history
-    CHAT = "chat"  # one /v1/chat/completions request relayed to the upstream; no app
-
-
-class OnDisconnect(StrEnum):
-    CANCEL = "cancel"
-    CONTINUE = "continue"
-
-
 class CancelOutcome(StrEnum):
     STOPPING = "stopping"  # this call stopped the run
     DEFERRED = "deferred"  # after_step: the run stops once the tool call in progress has finished
@@ -89,33 +80,21 @@ class RunRecorder(Protocol):
     async def record_failed(self, run: Run) -> None: ...
 
 
-Job = Callable[["Run"], Awaitable[Completion]]
-
-
 class Run:
-    def __init__(
-        self,
-        *,
-        run_id: str,
-        app_id: str | None,
-        user_id: str,
-        message: str,
-        workspace: Path | None,
-        code_gen_type: str = "vue_project",
-        on_disconnect: OnDisconnect = OnDisconnect.CANCEL,
-        kind: RunKind = RunKind.CODE,
-    ) -> None:
-        self.id = run_id
-        self.kind = kind
-        self.app_id = app_id
-        self.user_id = user_id
-        self.message = message
-        self._workspace = workspace
-        self.code_gen_type = code_gen_type
-        self.on_disconnect = on_disconnect
+    def __init__(self, request: RunRequest, *, encode: EventEncoder) -> None:
+        self.request = request
+        # Read in every lookup and by every tool call: plain attributes, not properties of the request.
+        self.id = request.run_id
+        self.kind = request.kind
+        self.app_id = request.app_id
+        self.user_id = request.user_id
+        self.message = request.message
+        self.code_gen_type = request.code_gen_type
+        self.on_disconnect = request.on_disconnect
+        self._workspace = request.workspace
         self.status = RunStatus.QUEUED
         self.gate = StopGate()
-        self.log = EventLog(run_id)
+        self.log = EventLog(request.run_id, encode)
         self.stats = RunStats()
         # The answer so far, for the history: a buffer, not a list of deltas (2M small str objects).
         self._reply = io.StringIO()
@@ -142,7 +121,7 @@ class Run:
         self.metrics: Metrics | None = None
         self._started = False
         self._finished = asyncio.Event()
-        self.emit(RunStarted(app_id))
+        self.emit(RunStarted(self.app_id))
 
     # -- observing -------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.control.cancel import StopMode, StopReason
-from app.control.manager import RunManager, RunRequest
-from app.control.run import CancelOutcome, Run, RunKind
+from app.control.manager import RunManager
+from app.control.request import RunKind, RunRequest
+from app.control.run import CancelOutcome, Run
 from app.errors import BadRequest, Forbidden, PayloadTooLarge
 from app.limits import UserLimits
 from app.llm.client import LLMClient

@@ -7,8 +7,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from app.control.cancel import StopMode, StopReason
-from app.control.manager import Multitask
-from app.control.run import CancelOutcome, OnDisconnect
+from app.control.request import Multitask, OnDisconnect
+from app.control.run import CancelOutcome
 
 
 @dataclass(frozen=True, slots=True)
