@@ -41,8 +41,7 @@ def test_domain_errors_carry_no_http() -> None:
 
 @pytest.mark.parametrize("path", sorted((APP / "wire").glob("*.py")), ids=lambda p: p.name)
 def test_the_wire_encoding_knows_the_events_and_nothing_above_them(path: Path) -> None:
-    above = ("litestar", "sse_starlette", "sqlalchemy", "app.store", "app.api", "app.cluster", "app.runs", "app.services")
-    assert breaking(path, above) == []
+    assert breaking(path, (*WIRE_AND_STORAGE[:-1], "app.runs", "app.services")) == []
     assert {m for m in imported_modules(path) if m.startswith("app.")} <= {"app.control.events", "app.wire"}
 
 
