@@ -215,7 +215,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/apps/{app_id:str}/checkpoints/{sha:str}/diff"): Row(protected(200), run_checkpoint_diff),
     ("GET", "/apps/{app_id:str}/download"): Row(protected(200), at("/apps/{app}/download")),
     ("GET", "/apps/{app_id:str}/preview"): Row(protected(302), at("/apps/{app}/preview")),
-    ("GET", "/apps/{app_id:str}/preview/{path:path}"): Row(protected(200), at("/apps/{app}/preview/notes.txt")),
+    ("GET", "/apps/{app_id:str}/preview/{path:path}"): Row(protected(302), at("/apps/{app}/preview/notes.txt")),
     ("POST", "/apps/{app_id:str}/revert"): Row(protected(200), at("/apps/{app}/revert", json={"runId": "{run}"})),
     # A preview link is its own capability: the key, not a token (wrong keys: see below).
     ("GET", "/preview/{app_id:str}/{key:str}"): Row(public(302), at("/preview/{app}/{key}"), owner_scoped=False),

@@ -182,7 +182,7 @@ async def test_multi_file_run_end_to_end(server: ServerThread, client: httpx.Asy
         done["checkpoint"],
     )
     # The preview serves what was written.
-    preview = await client.get(f"/apps/{app_id}/preview/")
+    preview = await client.get(f"/apps/{app_id}/preview/", follow_redirects=True)  # to the preview link
     assert preview.status_code == 200
     assert preview.text == expected["index.html"]
 

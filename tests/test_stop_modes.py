@@ -536,7 +536,7 @@ async def test_build_after_a_completed_run_publishes_the_preview(builds: Site) -
     assert done.data["checkpoint"] is not None
 
     page = (builds.workspace / "index.html").read_text()  # what the agent wrote
-    preview = await builds.client.get(done.data["previewUrl"])
+    preview = await builds.client.get(done.data["previewUrl"], follow_redirects=True)  # to the preview link
     assert preview.status_code == 200
     assert preview.headers["content-type"].startswith("text/html")
     assert preview.text == "<!-- built -->\n" + page

@@ -84,6 +84,12 @@ async def new_app(client: httpx.AsyncClient, code_gen_type: str) -> str:
     return app_id
 
 
+async def preview_link(client: httpx.AsyncClient, app_id: str) -> str:
+    """Where the app's site is served: ``/preview/<appId>/<key>/``, sandboxed."""
+    link: str = (await client.get(f"/apps/{app_id}")).json()["previewLink"]
+    return link
+
+
 def write(root: Path, files: dict[str, str | bytes]) -> None:
     for rel, content in files.items():
         target = root / rel
@@ -153,41 +159,48 @@ async def test_multi_file_preview_serves_the_generated_site(server: ServerThread
     assert done.data["files"] == ["index.html", "style.css", "script.js"]
     assert done.data["previewUrl"] == f"/apps/{app_id}/preview/"
     workspace = server.settings.workspaces_dir / app_id
+    link = await preview_link(client, app_id)
 
-    index = await client.get(f"/apps/{app_id}/preview/")
+    index = await client.get(link)
     assert_preview_headers(index, HTML)
     assert index.content == (workspace / "index.html").read_bytes()
     assert b'<link rel="stylesheet" href="style.css">' in index.content
-    assert (await client.get(f"/apps/{app_id}/preview/index.html")).content == index.content
+    assert (await client.get(f"{link}index.html")).content == index.content
 
-    style = await client.get(f"/apps/{app_id}/preview/style.css")
+    style = await client.get(f"{link}style.css")
     assert_preview_headers(style, "text/css; charset=utf-8")
     assert style.content == (workspace / "style.css").read_bytes()
-    script = await client.get(f"/apps/{app_id}/preview/script.js")
+    script = await client.get(f"{link}script.js")
     assert_preview_headers(script, JS)
     assert script.content == (workspace / "script.js").read_bytes()
 
     # Without the slash: a redirect to the slash form, which relative URLs (style.css) need.
-    bare = await client.get(f"/apps/{app_id}/preview", follow_redirects=False)
+    bare = await client.get(link.removesuffix("/"), follow_redirects=False)
     assert bare.status_code in (301, 302, 307, 308)
-    assert bare.headers["location"] == f"/apps/{app_id}/preview/"
-    followed = await client.get(f"/apps/{app_id}/preview", follow_redirects=True)
+    assert bare.headers["location"] == link
+    followed = await client.get(link.removesuffix("/"), follow_redirects=True)
     assert followed.status_code == 200
     assert [r.status_code for r in followed.history] == [bare.status_code]  # one hop, no loop
     assert followed.content == index.content
 
+    # The previewUrl a run reports, for a signed-in browser: one hop to the link, same site.
+    from_url = await client.get(done.data["previewUrl"], follow_redirects=True)
+    assert [str(r.headers["location"]) for r in from_url.history] == [link]
+    assert from_url.content == index.content
+
     # A missing file: a JSON 404, not a page.
-    assert_error_body(await client.get(f"/apps/{app_id}/preview/missing.js"), 404, "preview_not_found")
+    assert_error_body(await client.get(f"{link}missing.js"), 404, "preview_not_found")
 
 
 async def test_vue_preview_serves_dist_only(
     server: ServerThread, client: httpx.AsyncClient, token: str, app_id: str
 ) -> None:
     workspace = server.settings.workspaces_dir / app_id
+    link = await preview_link(client, app_id)
     write(workspace, {"index.html": f"<!-- source {SECRET} -->", "src/secret.js": f"const k = '{SECRET}'\n"})
     # No build yet: nothing to preview, a JSON 404 (never the workspace's own index.html).
-    for path in ("preview/", "preview/index.html", "preview/src/secret.js"):
-        body = assert_error_body(await client.get(f"/apps/{app_id}/{path}"), 404, "preview_not_found")
+    for path in ("", "index.html", "src/secret.js"):
+        body = assert_error_body(await client.get(f"{link}{path}"), 404, "preview_not_found")
         assert SECRET not in json.dumps(body)
 
     dist_index = "<!doctype html><title>built</title><script type=module src=./assets/app.js></script>\n"
@@ -199,31 +212,31 @@ async def test_vue_preview_serves_dist_only(
             "dist/guide/index.html": "<p>guide</p>\n",
         },
     )
-    index = await client.get(f"/apps/{app_id}/preview/")
+    index = await client.get(link)
     assert_preview_headers(index, HTML)
     assert index.text == dist_index
-    asset = await client.get(f"/apps/{app_id}/preview/assets/app.js")
+    asset = await client.get(f"{link}assets/app.js")
     assert_preview_headers(asset, JS)
     assert asset.text == "console.log('built')\n"
 
     # The sources beside dist/ are not part of the site, however they are named.
-    assert_error_body(await client.get(f"/apps/{app_id}/preview/src/secret.js"), 404, "preview_not_found")
+    assert_error_body(await client.get(f"{link}src/secret.js"), 404, "preview_not_found")
     for target in ("../src/secret.js", "assets/../../src/secret.js", "%2e%2e/src/secret.js", "..%2fsrc%2fsecret.js"):
-        response = await raw_get(server.port, f"/apps/{app_id}/preview/{target}", token)
+        response = await raw_get(server.port, f"{link}{target}", token)
         assert response.status_code in (400, 404), (target, response)
         assert response.headers["content-type"].startswith("application/json")
         assert SECRET.encode() not in response.body
         assert response.json()["error"] in ("invalid_path", "preview_not_found")
 
     # A sub-directory's index: redirected to the slash form, then served (no redirect loop).
-    bare = await client.get(f"/apps/{app_id}/preview/guide", follow_redirects=False)
+    bare = await client.get(f"{link}guide", follow_redirects=False)
     assert bare.status_code in (301, 302, 307, 308)
-    assert bare.headers["location"] == f"/apps/{app_id}/preview/guide/"
-    guide = await client.get(f"/apps/{app_id}/preview/guide/", follow_redirects=False)
+    assert bare.headers["location"] == f"{link}guide/"
+    guide = await client.get(f"{link}guide/", follow_redirects=False)
     assert_preview_headers(guide, HTML)
     assert guide.text == "<p>guide</p>\n"
     # A file asked for as a directory is not one.
-    assert_error_body(await client.get(f"/apps/{app_id}/preview/assets/app.js/"), 404, "preview_not_found")
+    assert_error_body(await client.get(f"{link}assets/app.js/"), 404, "preview_not_found")
 
 
 # -- path escapes --------------------------------------------------------------------------------
@@ -238,6 +251,7 @@ class Site:
     vue: str
     page: str
     outside: Path
+    links: dict[str, str]  # app id -> its preview link
 
 
 def module_settings(base: Path) -> Settings:
@@ -266,6 +280,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 http.post("/apps", json={"name": kind, "codeGenType": kind}).json()["id"]
                 for kind in ("vue_project", "multi_file")
             )
+            links = {app_id: http.get(f"/apps/{app_id}").json()["previewLink"] for app_id in (vue, page)}
         for app_id in (vue, page):
             workspace = settings.workspaces_dir / app_id
             served = workspace / "dist" if app_id == vue else workspace
@@ -286,12 +301,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             (served / "leakdir").symlink_to(outside, target_is_directory=True)
             (served / "relative-leak.txt").symlink_to("../src/secret.js")
             (served / "env-link.txt").symlink_to(".env")  # stays in the root, leads to a hidden file
-        yield Site(server, token, vue, page, outside)
+        yield Site(server, token, vue, page, outside, links)
     finally:
         server.stop()
 
 
-# (request target below /apps/{app}/preview/, allowed statuses). None of them may serve the secret.
+# (request target below the site's root, allowed statuses). None of them may serve the secret.
 BAD = (400,)
 NOT_FOUND = (404,)
 REFUSED = (400, 404)
@@ -342,7 +357,19 @@ def _fill(target: str, s: Site) -> str:
 @pytest.mark.parametrize(("target", "allowed"), ESCAPES)
 async def test_preview_path_escapes_are_refused(site: Site, app: str, target: str, allowed: tuple[int, ...]) -> None:
     app_id = site.vue if app == "vue" else site.page
-    sent = f"/apps/{app_id}/preview/{_fill(target, site)}"
+    target = _fill(target, site)
+    link = site.links[app_id]
+    # The signed-in address only ever redirects to the preview link, with the target as sent
+    # (a character no client should send comes percent-encoded): refused there, or served.
+    door = await raw_get(site.server.port, f"/apps/{app_id}/preview/{target}", site.token)
+    assert door.status_code == 302, door
+    assert door.headers["location"].startswith(link), door
+    assert SECRET.encode() not in door.body
+    for sent in (door.headers["location"], f"{link}{target}"):
+        await check_refused(site, sent, allowed, dotdot=".." in target)
+
+
+async def check_refused(site: Site, sent: str, allowed: tuple[int, ...], *, dotdot: bool) -> None:
     response = await raw_get(site.server.port, sent, site.token)
     assert SECRET.encode() not in response.body, (sent, response)
     assert response.status_code in allowed, (sent, response)
@@ -354,16 +381,32 @@ async def test_preview_path_escapes_are_refused(site: Site, app: str, target: st
     assert body["status"] == response.status_code
     assert body["error"] == ("invalid_path" if response.status_code == 400 else "preview_not_found"), body
     assert b"unlisted-name" not in response.body  # no directory listing
-    if ".." in target:  # the segment reached the server as sent, not normalised away on the way
+    if dotdot:  # the segment reached the server as sent, not normalised away on the way
         assert ".." in body["message"], body
 
 
+async def test_the_signed_in_address_only_redirects_to_the_sandboxed_link(site: Site) -> None:
+    """A document served on the API's origin could call the API as the signed-in user: the
+    /apps address of a site serves none of it, only the way to the link."""
+    for app_id, link in site.links.items():
+        bare = await raw_get(site.server.port, f"/apps/{app_id}/preview", site.token)
+        assert (bare.status_code, bare.headers["location"]) == (302, link)
+        for rest in ("", "index.html", "guide/", "assets/app.js?v=2&x=%20y", "docs/unlisted-name.txt"):
+            door = await raw_get(site.server.port, f"/apps/{app_id}/preview/{rest}", site.token)
+            assert (door.status_code, door.headers["location"]) == (302, link + rest), door
+            assert b"the site" not in door.body
+            assert b"console.log" not in door.body
+        served = await raw_get(site.server.port, link, site.token)
+        assert (served.status_code, served.body) == (200, b"<p>the site</p>\n")
+        assert served.headers["content-security-policy"] == "sandbox allow-scripts allow-forms allow-popups"
+
+
 async def test_directory_with_index_redirects_within_the_preview(site: Site) -> None:
-    for app_id in (site.vue, site.page):
-        response = await raw_get(site.server.port, f"/apps/{app_id}/preview/guide", site.token)
+    for link in site.links.values():
+        response = await raw_get(site.server.port, f"{link}guide", site.token)
         assert response.status_code in (301, 302, 307, 308), response
-        assert response.headers["location"] == f"/apps/{app_id}/preview/guide/"
-        served = await raw_get(site.server.port, f"/apps/{app_id}/preview/guide/", site.token)
+        assert response.headers["location"] == f"{link}guide/"
+        served = await raw_get(site.server.port, f"{link}guide/", site.token)
         assert (served.status_code, served.body) == (200, b"<p>guide</p>\n")
 
 
@@ -375,7 +418,7 @@ async def test_a_dist_that_is_a_symlink_is_not_served(site: Site) -> None:
         workspace.mkdir(parents=True)
         (workspace / "dist").symlink_to(site.outside, target_is_directory=True)
         for path in ("secret.txt", "index.html", ""):
-            response = await http.get(f"/apps/{app_id}/preview/{path}")
+            response = await http.get(f"/apps/{app_id}/preview/{path}", follow_redirects=True)
             assert SECRET not in response.text
             assert_error_body(response, 404, "preview_not_found")
 
@@ -516,14 +559,15 @@ async def test_checkpoints_list_and_revert_and_undo(server: ServerThread, client
     relisted = (await client.get(f"/apps/{app_id}/checkpoints")).json()
     assert relisted[0] == view
     assert relisted[1:] == listed
-    assert_error_body(await client.get(f"/apps/{app_id}/preview/file_1.txt"), 404, "preview_not_found")
+    gone = await client.get(f"/apps/{app_id}/preview/file_1.txt", follow_redirects=True)
+    assert_error_body(gone, 404, "preview_not_found")
 
     # The revert is itself undoable: back to the second run.
     undone = await client.post(f"/apps/{app_id}/revert", json={"runId": "r-second"})
     assert undone.status_code == 200, undone.text
     assert (undone.json()["kind"], undone.json()["runId"], undone.json()["files"]) == ("revert", "r-second", 6)
     assert snapshot(workspace) == after_second
-    assert (await client.get(f"/apps/{app_id}/preview/file_1.txt")).text == "one\n"
+    assert (await client.get(f"/apps/{app_id}/preview/file_1.txt", follow_redirects=True)).text == "one\n"
     assert [c["sha"] for c in (await client.get(f"/apps/{app_id}/checkpoints")).json()] == [
         undone.json()["sha"],
         view["sha"],
@@ -661,6 +705,11 @@ async def test_escape_corpus_over_http(corpus_site: CorpusSite, surface: str, en
     target = prefix.format(app=s.app_id, key=s.key) + (_quoted(user_path) if encoding == "quoted" else user_path)
     response = await raw_get(s.server.port, target, s.token)
     assert CANARY.encode() not in response.body, (target, response)
+    if surface == "preview" and response.status_code == 302:  # the signed-in address: to the link
+        target = response.headers["location"]
+        assert target.startswith(f"/preview/{s.app_id}/{s.key}/"), (target, response)
+        response = await raw_get(s.server.port, target, s.token)
+        assert CANARY.encode() not in response.body, (target, response)
     if user_path in NOT_A_PATH:
         assert response.status_code in (200, 301, 302, 307, 308), response
     else:

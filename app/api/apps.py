@@ -23,8 +23,8 @@ from app.api.openapi import (
     error_responses,
     response,
 )
+from app.api.preview import preview_ready
 from app.api.views import AppView, CreatedAppView, app_view, message_view
-from app.api.workspace import preview_ready
 from app.codegen.types import CodeGenType, infer_code_gen_type
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.presets import match_prompt

@@ -7,6 +7,8 @@ origin and cannot act as the signed-in user.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from litestar import Controller, Request, Response, get
@@ -14,9 +16,12 @@ from litestar.params import FromPath
 from litestar.response import Redirect
 
 from app.api.deps import ServicesDep
-from app.api.workspace import has_trailing_slash, serve_preview_file
-from app.errors import NotFound
+from app.api.workspace import raw_path
+from app.codegen.types import CodeGenType
+from app.errors import BadRequest, NotFound
 from app.services import Services
+from app.store.models import App
+from app.workspace.publish import NotServable, PathRefused, read_preview_file
 
 # No Cross-Origin-Resource-Policy here: the sandboxed document has an opaque origin, and its own
 # style sheets and scripts must load. The sandbox keeps scripts, forms and popups, nothing else.
@@ -42,7 +47,7 @@ class PreviewController(Controller):
     async def root(
         self, request: Request[Any, Any, Any], app_id: FromPath[str], key: FromPath[str], services: ServicesDep
     ) -> Response[bytes] | Redirect:
-        if has_trailing_slash(request):  # Litestar routes ".../key/" here too: the site's index
+        if _has_trailing_slash(request):  # Litestar routes ".../key/" here too: the site's index
             return await _serve(services, app_id, key, "")
         return Redirect(f"/preview/{app_id}/{key}/")
 
@@ -56,7 +61,7 @@ class PreviewController(Controller):
         services: ServicesDep,
     ) -> Response[bytes] | Redirect:
         relative = path.removeprefix("/")
-        if relative and has_trailing_slash(request):
+        if relative and _has_trailing_slash(request):
             relative += "/"
         return await _serve(services, app_id, key, relative)
 
@@ -66,4 +71,36 @@ async def _serve(services: Services, app_id: str, key: str, relative: str) -> Re
     app = await services.apps.get(app_id) if services.preview_links.valid(app_id, key) else None
     if app is None:
         raise NotFound("no such preview link", code="preview_not_found")
-    return await serve_preview_file(services, app, relative, f"/preview/{app_id}/{key}/", LINK_HEADERS)
+    return await _serve_file(services, app, relative, f"/preview/{app_id}/{key}/", LINK_HEADERS)
+
+
+async def _serve_file(
+    services: Services, app: App, relative: str, base: str, extra_headers: dict[str, str]
+) -> Response[bytes] | Redirect:
+    """One file of the app's site (its workspace, or dist/ for Vue); ``base`` is the site's URL."""
+    try:
+        found = await asyncio.to_thread(read_preview_file, _preview_root(services, app), relative)
+    except PathRefused as exc:
+        raise BadRequest(str(exc), code="invalid_path") from None
+    except (NotServable, OSError):
+        raise NotFound(f"nothing to preview at {relative or '/'!r}", code="preview_not_found") from None
+    if found.redirect_to_dir:
+        return Redirect(f"{base}{relative}/")
+    # A Content-Type header: from media_type alone, Litestar appends a second "; charset=utf-8".
+    headers = {**extra_headers, "Content-Type": found.media_type}
+    return Response(found.content, media_type=found.media_type, headers=headers)
+
+
+def _has_trailing_slash(request: Request[Any, Any, Any]) -> bool:
+    """Whether the path as sent ended with "/" (Litestar strips it from the routed path)."""
+    return raw_path(request).endswith(b"/")
+
+
+def preview_ready(services: Services, app: App) -> bool:
+    """Whether the app has a site to show (its index.html). Blocking: call in a thread."""
+    return (_preview_root(services, app) / "index.html").is_file()
+
+
+def _preview_root(services: Services, app: App) -> Path:
+    workspace = services.workspace(app.id)
+    return workspace / "dist" if app.code_gen_type == CodeGenType.VUE_PROJECT else workspace

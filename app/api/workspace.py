@@ -1,11 +1,11 @@
-"""What an app's workspace gives back: the live preview, a zip download, checkpoints and revert."""
+"""What an app's workspace gives back: the way to its preview link, a zip download, checkpoints and revert."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -17,21 +17,15 @@ from app.api.deps import CurrentUser, ServicesDep, check_run_id, owned_app
 from app.api.openapi import APP_ERRORS, RUN_ID, WORKSPACE_PATH, ClosedJSONBody, documented, error_responses, response
 from app.api.views import checkpoint_diff_view, checkpoint_view
 from app.checkpoints import CheckpointError
-from app.codegen.types import CodeGenType
 from app.control.cancel import to_thread_to_the_end
 from app.errors import BadRequest, NotFound, PayloadTooLarge
 from app.services import Services
-from app.store.models import App, User
-from app.workspace.publish import NotServable, PathRefused, build_archive, read_preview_file
+from app.store.models import User
+from app.workspace.publish import NotServable, build_archive
 
 CHECKPOINT_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-# Preview responses carry generated code: never cached (it changes with every run), never sniffed.
-PREVIEW_HEADERS = {
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Referrer-Policy": "no-referrer",
-}
+# Kept as sent (percent escapes included); anything else a client managed to send is escaped.
+_URL_SAFE = "/%:@!$&'()*+,;=-._~?"
 
 
 class RevertRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,20 +38,13 @@ class WorkspaceController(Controller):
     @get("/{app_id:str}/preview", include_in_schema=False)
     async def preview_root(
         self, request: Request[Any, Any, Any], app_id: FromPath[str], services: ServicesDep, user: CurrentUser
-    ) -> Response[bytes] | Redirect:
-        # Litestar routes ".../preview/" here too (it strips a trailing slash before routing):
-        # that is the site's index, and redirecting it to itself would loop.
-        if _has_trailing_slash(request):
-            return await _serve_preview(services, user, app_id, "")
-        await owned_app(services, user, app_id)
-        return Redirect(f"/apps/{app_id}/preview/")
+    ) -> Redirect:
+        return await _to_preview_link(request, services, user, app_id)
 
     @get(
         "/{app_id:str}/preview/{path:path}",
         responses={
-            # Any type: the site's own files (HTML, CSS, scripts, images), by their names.
-            200: response("A file of the app's site", bytes, "*/*"),
-            302: response("A directory without its final slash: to its index", None),
+            302: response("To the same path under the app's preview link, which serves the site", None),
             **APP_ERRORS,
         },
     )
@@ -68,11 +55,8 @@ class WorkspaceController(Controller):
         path: Annotated[str, PathParameter(schema_extra=WORKSPACE_PATH)],
         services: ServicesDep,
         user: CurrentUser,
-    ) -> Response[bytes] | Redirect:
-        relative = path.removeprefix("/")  # Litestar keeps the leading slash of a path param
-        if relative and _has_trailing_slash(request):
-            relative += "/"  # stripped by Litestar: "dir/" means the directory's index.html
-        return await _serve_preview(services, user, app_id, relative)
+    ) -> Redirect:
+        return await _to_preview_link(request, services, user, app_id)
 
     @get(
         "/{app_id:str}/download",
@@ -139,43 +123,28 @@ async def revert_to_run(services: Services, app_id: str, run_id: str) -> dict[st
     return checkpoint_view(created)
 
 
-def preview_ready(services: Services, app: App) -> bool:
-    """Whether the app has a site to show (its index.html). Blocking: call in a thread."""
-    return (_preview_root(services, app) / "index.html").is_file()
+async def _to_preview_link(request: Request[Any, Any, Any], services: Services, user: User, app_id: str) -> Redirect:
+    """The signed-in door to the site: the same path under the app's preview link, for its owner.
+
+    Never the site itself: a document served here would run generated code on the API's origin,
+    where it could call the API as the signed-in user. Under the link it is sandboxed (an opaque
+    origin without cookies, app/api/preview.py).
+    """
+    await owned_app(services, user, app_id)
+    return Redirect(services.preview_links.url(app_id) + _site_path_as_sent(request))
 
 
-def _preview_root(services: Services, app: App) -> Path:
-    workspace = services.workspace(app.id)
-    return workspace / "dist" if app.code_gen_type == CodeGenType.VUE_PROJECT else workspace
+def _site_path_as_sent(request: Request[Any, Any, Any]) -> str:
+    """What follows ``/apps/<id>/preview/`` in the request target, with its query, as the client
+    encoded it: the link's route then refuses exactly what this route would have refused."""
+    raw = raw_path(request)
+    after_id = raw.index(b"/", raw.index(b"/apps/") + len(b"/apps/"))  # at "/preview"
+    rest = raw[after_id + len(b"/preview") :].removeprefix(b"/")
+    query: bytes = request.scope.get("query_string", b"")
+    target = rest + (b"?" + query if query else b"")
+    return quote(target, safe=_URL_SAFE)
 
 
-async def _serve_preview(services: Services, user: User, app_id: str, relative: str) -> Response[bytes] | Redirect:
-    app = await owned_app(services, user, app_id)
-    return await serve_preview_file(services, app, relative, f"/apps/{app_id}/preview/", PREVIEW_HEADERS)
-
-
-async def serve_preview_file(
-    services: Services, app: App, relative: str, base: str, extra_headers: dict[str, str]
-) -> Response[bytes] | Redirect:
-    """One file of the app's site (its workspace, or dist/ for Vue); ``base`` is the site's URL."""
-    try:
-        found = await asyncio.to_thread(read_preview_file, _preview_root(services, app), relative)
-    except PathRefused as exc:
-        raise BadRequest(str(exc), code="invalid_path") from None
-    except (NotServable, OSError):
-        raise NotFound(f"nothing to preview at {relative or '/'!r}", code="preview_not_found") from None
-    if found.redirect_to_dir:
-        return Redirect(f"{base}{relative}/")
-    # A Content-Type header: from media_type alone, Litestar appends a second "; charset=utf-8".
-    headers = {**extra_headers, "Content-Type": found.media_type}
-    return Response(found.content, media_type=found.media_type, headers=headers)
-
-
-def has_trailing_slash(request: Request[Any, Any, Any]) -> bool:
-    return _has_trailing_slash(request)
-
-
-def _has_trailing_slash(request: Request[Any, Any, Any]) -> bool:
-    """Whether the path as sent ended with "/" (Litestar strips it from the routed path)."""
-    raw = request.scope.get("raw_path") or request.scope["path"].encode("latin-1")
-    return raw.endswith(b"/")
+def raw_path(request: Request[Any, Any, Any]) -> bytes:
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode("latin-1")
+    return raw

@@ -375,6 +375,20 @@ async def test_the_preview_shows_the_generated_site_in_an_opaque_origin(
     await screenshot(page, "done-preview")
     assert js_errors == [], js_errors
 
+    # The run's previewUrl (what the CLI prints) opened in a tab of the signed-in browser: it
+    # lands on the preview link, sandboxed, and the generated code cannot call the API as the user.
+    done = (await api.get(f"/runs/{await run_id_of(ai)}/events")).text
+    preview_url = json.loads(done.rsplit("data: ", 1)[1])["previewUrl"]
+    assert preview_url == f"/apps/{app['id']}/preview/"
+    tab = await page.context.new_page()
+    await tab.goto(f"{server.url}{preview_url}")
+    assert tab.url == f"{server.url}{app['previewLink']}"
+    await expect(tab.locator("h1")).to_have_text("Click Counter")
+    assert await tab.evaluate("self.origin") == "null"
+    api_call = "fetch('/apps', {credentials: 'include'}).then(r => r.status, error => error.name)"
+    assert await tab.evaluate(api_call) == "TypeError"  # cross-origin, no cookie, no CORS grant
+    await tab.close()
+
 
 async def test_a_quick_start_button_creates_an_app_whose_run_shows_the_template(
     server: ServerThread, api: httpx.AsyncClient, signed_in_page: Page, js_errors: list[str]

@@ -60,7 +60,8 @@ async def test_the_portfolio_preset_builds_and_renders_in_the_preview(
     await screenshot(page, "vue-preview")
     assert js_errors == [], js_errors
 
-    # In a tab of its own: the CSP sandbox keeps the origin opaque there too, and it still renders.
+    # In a tab of its own, from the address a run reports (previewUrl): redirected to the preview
+    # link, where the CSP sandbox keeps the origin opaque, and it still renders.
     tab = await page.context.new_page()
     tab_errors: list[str] = []
 
@@ -69,7 +70,8 @@ async def test_the_portfolio_preset_builds_and_renders_in_the_preview(
             tab_errors.append(message.text)
 
     tab.on("console", on_console)
-    await tab.goto(f"{server.url}{app['previewLink']}")
+    await tab.goto(f"{server.url}/apps/{app['id']}/preview/")
+    assert tab.url == f"{server.url}{app['previewLink']}"
     await expect(tab.locator("h1")).to_contain_text(HEADING)
     assert await tab.evaluate("self.origin") == "null"
     assert tab_errors == [], tab_errors
