@@ -14,10 +14,12 @@ import copy
 import json
 import logging
 import re
+import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from queue import SimpleQueue
+from typing import TextIO
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FORMATS = ("text", "json")
@@ -42,7 +44,7 @@ def configure_logging(log_format: str = "text") -> None:
     event loop."""
     global _listener
     _stop_listener()
-    output = logging.StreamHandler()
+    output = _CurrentStderr()
     output.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(LOG_FORMAT))
     queued: SimpleQueue[logging.LogRecord] = SimpleQueue()
     enqueue = _Enqueue(queued)
@@ -68,6 +70,23 @@ def _stop_listener() -> None:
     if _listener is not None:
         _listener.stop()
         _listener = None
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is at each record, not as it was at setup: whatever swaps
+    it later (pytest's capture between tests, an embedding host) gets the lines, and a stream
+    closed since then is never written to."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass  # set by StreamHandler.__init__ and setStream: the current sys.stderr always wins
 
 
 class _Enqueue(QueueHandler):

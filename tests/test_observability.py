@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from app import logs
 from app.logs import ContextFilter, JsonFormatter, TextFormatter, bind
 from app.settings import Settings
 from tests.services import pg_admin
@@ -165,6 +166,24 @@ async def test_lines_logged_in_a_bound_task_carry_its_ids_and_other_tasks_do_not
         ("outside", None, None, None),
     ]
     assert {"ts", "level", "logger"} <= lines[0].keys()
+
+
+def test_the_process_log_goes_to_stderr_as_it_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever replaces sys.stderr after setup gets the lines (pytest's capture does, between
+    tests): a stream bound at setup would be written to after it was closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        logs.configure_logging("text")
+        later = io.StringIO()
+        monkeypatch.setattr("sys.stderr", later)
+        logging.getLogger("tests.observability.stderr").warning("after the swap")
+        logs._stop_listener()  # writes what is queued, then ends the thread
+        assert later.getvalue().endswith(" WARNING tests.observability.stderr: after the swap\n"), later.getvalue()
+    finally:
+        logs._stop_listener()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 async def test_the_text_format_appends_the_ids_before_a_traceback(
